@@ -1,0 +1,75 @@
+"""Assemble the LFM2 decoder graph: I/O contract, shared metadata, the layer stack, the LM head."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from lfm2_onnx import __version__
+
+from . import blocks
+from .graph import GraphBuilder
+from .options import BuildOptions
+from .spec import Lfm2Spec
+from .weights import Checkpoint
+
+# The folder contract, shared with genai_config.json and every client.
+PAST_KEY, PAST_VALUE, PAST_CONV = "past_key_values.%d.key", "past_key_values.%d.value", "past_conv.%d"
+PRESENT_KEY, PRESENT_VALUE, PRESENT_CONV = "present.%d.key", "present.%d.value", "present_conv.%d"
+
+
+def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
+    g = GraphBuilder("lfm2")
+    ctx = blocks.Context(g=g, spec=spec, opts=opts, w=blocks.Weights(g, ckpt, opts))
+    dtype = opts.io_dtype
+    kv_shape = ["batch_size", spec.num_key_value_heads, "past_sequence_length", spec.head_dim]
+    present_kv_shape = ["batch_size", spec.num_key_value_heads, "total_sequence_length", spec.head_dim]
+    conv_shape = ["batch_size", spec.hidden_size, spec.conv_state_size]
+
+    input_ids = g.input("input_ids", ir.DataType.INT64, ["batch_size", "sequence_length"])
+    attention_mask = g.input("attention_mask", ir.DataType.INT64, ["batch_size", "total_sequence_length"])
+    past = {}
+    for i, kind in enumerate(spec.layer_types):
+        if kind == "full_attention":
+            past[i] = (g.input(PAST_KEY % i, dtype, kv_shape), g.input(PAST_VALUE % i, dtype, kv_shape))
+        else:
+            past[i] = (g.input(PAST_CONV % i, dtype, conv_shape),)
+
+    if spec.attention_layers:
+        blocks.attention_metadata(ctx, attention_mask)
+        blocks.rotary_caches(ctx)
+    if spec.conv_layers:
+        blocks.conv_state_index(ctx, input_ids, attention_mask)
+
+    present = {}
+    with g.scope("model"):
+        hidden = blocks.embeddings(ctx, input_ids)
+        residual, block_out = hidden, None
+        for i, kind in enumerate(spec.layer_types):
+            with g.scope(f"layers.{i}"):
+                prefix = f"model.layers.{i}"
+                if block_out is None:
+                    normed = blocks.rms_norm(ctx, hidden, f"{prefix}.operator_norm.weight")
+                else:
+                    normed, residual = blocks.skip_rms_norm(ctx, block_out, residual, f"{prefix}.operator_norm.weight")
+                if kind == "full_attention":
+                    with g.scope("attn"):
+                        mixed, *present[i] = blocks.attention(ctx, i, normed, *past[i])
+                else:
+                    with g.scope("conv"):
+                        mixed, *present[i] = blocks.short_conv(ctx, i, normed, *past[i])
+                normed, residual = blocks.skip_rms_norm(ctx, mixed, residual, f"{prefix}.ffn_norm.weight")
+                with g.scope("mlp"):
+                    block_out = blocks.mlp(ctx, i, normed)
+        with g.scope("final"):
+            normed, _ = blocks.skip_rms_norm(ctx, block_out, residual, "model.embedding_norm.weight")
+        logits = blocks.lm_head(ctx, normed, input_ids)
+
+    g.output(logits, "logits", opts.logits_dtype, ["batch_size", "sequence_length", spec.vocab_size])
+    present_kv_shape_conv = conv_shape
+    for i, kind in enumerate(spec.layer_types):
+        if kind == "full_attention":
+            g.output(present[i][0], PRESENT_KEY % i, dtype, present_kv_shape)
+            g.output(present[i][1], PRESENT_VALUE % i, dtype, present_kv_shape)
+        else:
+            g.output(present[i][0], PRESENT_CONV % i, dtype, present_kv_shape_conv)
+    return g.model("lfm2_onnx", __version__)

@@ -1,0 +1,155 @@
+"""Compare an export with transformers: prefill, then decode steps through the caches.
+
+The prompts go through the export as one right-padded batch and through transformers one at a
+time, so a pass also shows that padding does not leak between rows. Decode steps feed both sides
+the reference's greedy token (teacher forcing), so every step compares logits for the same inputs;
+agreeing argmaxes at every step mean free-running greedy decoding yields the same tokens.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from lfm2_onnx.stepper import Stepper, read_genai_config
+
+DEFAULT_PROMPTS = (
+    "The capital of France is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n",
+    "Liquid neural networks adapt",
+)
+
+# Pass thresholds per precision: fp32 must match to rounding; reduced precisions by distribution.
+THRESHOLDS = {
+    "fp32": {"max_abs": 1e-4, "mean_kl": 1e-6, "top1": 1.0},
+    "fp16": {"max_abs": None, "mean_kl": 5e-3, "top1": 0.97},
+    "bf16": {"max_abs": None, "mean_kl": 3e-2, "top1": 0.90},
+}
+
+
+@dataclass
+class PhaseStats:
+    label: str
+    max_abs: float = 0.0
+    kl: list[float] = field(default_factory=list)
+    agree: list[bool] = field(default_factory=list)
+
+    def add(self, reference: np.ndarray, export: np.ndarray) -> None:
+        reference, export = reference.astype(np.float64), export.astype(np.float64)
+        self.max_abs = max(self.max_abs, float(np.abs(reference - export).max()))
+        log_p, log_q = _log_softmax(reference), _log_softmax(export)
+        self.kl.extend((np.exp(log_p) * (log_p - log_q)).sum(-1).ravel().tolist())
+        self.agree.extend((reference.argmax(-1) == export.argmax(-1)).ravel().tolist())
+
+    @property
+    def mean_kl(self) -> float:
+        return float(np.mean(self.kl)) if self.kl else 0.0
+
+    @property
+    def top1(self) -> float:
+        return float(np.mean(self.agree)) if self.agree else 1.0
+
+
+@dataclass
+class Report:
+    precision: str
+    phases: list[PhaseStats]
+    greedy_match: list[bool]
+    steps: int
+
+    @property
+    def passed(self) -> bool:
+        t = THRESHOLDS[self.precision]
+        for phase in self.phases:
+            if t["max_abs"] is not None and phase.max_abs > t["max_abs"]:
+                return False
+            if phase.mean_kl > t["mean_kl"] or phase.top1 < t["top1"]:
+                return False
+        return self.precision != "fp32" or all(self.greedy_match)
+
+    def table(self) -> str:
+        lines = [f"{'phase':<22}{'max|Δlogit|':>13}{'mean KL':>12}{'top-1':>9}"]
+        for p in self.phases:
+            lines.append(f"{p.label:<22}{p.max_abs:>13.3e}{p.mean_kl:>12.3e}{p.top1:>8.1%}")
+        matched = sum(self.greedy_match)
+        lines.append(f"greedy match: {matched}/{len(self.greedy_match)} prompts identical over {self.steps} tokens")
+        t = THRESHOLDS[self.precision]
+        limits = ", ".join(f"{k} {'≤' if k != 'top1' else '≥'} {v:g}" for k, v in t.items() if v is not None)
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {limits})")
+        return "\n".join(lines)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def load_reference(checkpoint: Path):
+    from transformers import Lfm2ForCausalLM
+
+    return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+
+
+def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
+    """transformers with its own cache: prefill logits, per-step logits, greedy tokens."""
+    with torch.no_grad():
+        out = model(torch.tensor([prompt]), use_cache=True)
+        prefill = out.logits[0].numpy()
+        cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        step_logits, tokens = [], [token]
+        for _ in range(steps):
+            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            cache = out.past_key_values
+            step_logits.append(out.logits[0, -1].numpy())
+            token = int(out.logits[0, -1].argmax())
+            tokens.append(token)
+    return prefill, step_logits, tokens
+
+
+def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: int = 32, ep: str = "cpu",
+            reference=None) -> Report:
+    precision = _precision_of(folder)
+    model = reference if reference is not None else load_reference(checkpoint)
+    refs = [reference_run(model, p, steps) for p in prompts]
+
+    stepper = Stepper(folder, ep=ep)
+    prefill_logits, state = stepper.prefill(prompts)
+    prefill = PhaseStats("prefill")
+    for row, (prompt, (ref_prefill, _, _)) in enumerate(zip(prompts, refs)):
+        prefill.add(ref_prefill, prefill_logits[row, : len(prompt)])
+    decode = PhaseStats(f"decode ({steps} steps)")
+    greedy = [ref_prefill[-1].argmax() == prefill_logits[row, len(p) - 1].argmax()
+              for row, (p, (ref_prefill, _, _)) in enumerate(zip(prompts, refs))]
+    for step in range(steps):
+        tokens = np.array([ref_tokens[step] for _, _, ref_tokens in refs])
+        logits = stepper.decode(tokens, state)[:, -1]
+        for row, (_, ref_steps, _) in enumerate(refs):
+            decode.add(ref_steps[step], logits[row])
+            greedy[row] = greedy[row] and ref_steps[step].argmax() == logits[row].argmax()
+    return Report(precision, [prefill, decode], [bool(g) for g in greedy], steps)
+
+
+def _precision_of(folder: Path) -> str:
+    filename = read_genai_config(folder)["model"]["decoder"]["filename"]
+    stem = Path(filename).stem
+    return {"model": "fp32", "model_fp16": "fp16", "model_bf16": "bf16"}.get(stem, "fp32")
+
+
+def tokenize_prompts(folder: Path, texts) -> list[list[int]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    return [tokenizer.encode(t).ids for t in texts]
+
+
+def run_verification(folder: Path, checkpoint: Path, *, ep: str = "cpu", texts=DEFAULT_PROMPTS,
+                     steps: int = 32) -> int:
+    prompts = tokenize_prompts(folder, texts)
+    report = compare(folder, checkpoint, prompts, steps=steps, ep=ep)
+    print(report.table())
+    sys.stdout.flush()
+    return 0 if report.passed else 1

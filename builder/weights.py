@@ -1,0 +1,139 @@
+"""Streaming access to a checkpoint's safetensors: headers up front, tensor data one at a time.
+
+Nothing is loaded until the graph writer asks for an initializer, and each tensor is released as
+soon as it has been written, so a 2.6B model builds in a few GB of memory.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import ml_dtypes
+import numpy as np
+import torch
+from safetensors import safe_open
+
+from lfm2_onnx.errors import UserError
+
+from .spec import Lfm2Spec
+
+_NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
+
+
+class Checkpoint:
+    """Tensor names, shapes and lazy loads over one or more .safetensors files."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self._where: dict[str, Path] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
+        for file in self._files():
+            for name, shape in _read_header(file).items():
+                self._where[name] = file
+                self._shapes[name] = shape
+
+    def _files(self) -> list[Path]:
+        index = self.folder / "model.safetensors.index.json"
+        if index.exists():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError) as e:
+                raise UserError(f"{index}: not a safetensors index ({e})") from None
+            files = sorted({self.folder / f for f in weight_map.values()})
+            missing = [f.name for f in files if not f.exists()]
+            if missing:
+                raise UserError(f"{self.folder}: shards listed in the index are missing: {', '.join(missing)}")
+            return files
+        files = sorted(self.folder.glob("*.safetensors"))
+        if not files:
+            found = sorted(p.name for p in self.folder.glob("*.bin")) + sorted(p.name for p in self.folder.glob("*.pt"))
+            hint = f" (found {', '.join(found)}: convert them to safetensors first)" if found else ""
+            raise UserError(f"{self.folder}: no *.safetensors weights{hint}")
+        return files
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._shapes
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._shapes[name]
+
+    def load(self, name: str) -> torch.Tensor:
+        file = self._where[name]
+        try:
+            with safe_open(file, framework="pt") as f:
+                return f.get_tensor(name)
+        except Exception as e:  # safetensors raises its own error types for damaged files
+            raise UserError(f"{file}: cannot read tensor {name} ({e}); the file is damaged, download it again") from None
+
+    def validate(self, spec: Lfm2Spec) -> None:
+        """Every tensor the spec needs is present with the shape the spec implies."""
+        expected = expected_shapes(spec)
+        missing = [n for n in expected if n not in self._shapes
+                   and not (n == "lm_head.weight" and spec.tie_word_embeddings)]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise UserError(f"{self.folder}: weights missing for the config: {', '.join(missing[:3])}{more}")
+        wrong = [f"{n} is {list(self._shapes[n])}, config implies {list(s)}"
+                 for n, s in expected.items() if n in self._shapes and self._shapes[n] != s]
+        if wrong:
+            more = f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""
+            raise UserError(f"weights disagree with config.json: {'; '.join(wrong[:2])}{more}")
+
+
+def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
+    """Parse a safetensors header and check the file is long enough for the data it declares."""
+    try:
+        with open(file, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            size = file.stat().st_size
+            if header_len > size - 8:
+                raise ValueError("header length exceeds the file")
+            header = json.loads(f.read(header_len))
+    except (struct.error, ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{file}: not a valid safetensors file ({e}); download it again") from None
+    shapes, data_end = {}, 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        shapes[name] = tuple(info["shape"])
+        data_end = max(data_end, info["data_offsets"][1])
+    if 8 + header_len + data_end > size:
+        raise UserError(f"{file}: truncated ({size} bytes, header declares {8 + header_len + data_end}); download it again")
+    return shapes
+
+
+def expected_shapes(spec: Lfm2Spec) -> dict[str, tuple[int, ...]]:
+    h, ff, k = spec.hidden_size, spec.intermediate_size, spec.conv_kernel
+    q, kv = spec.num_attention_heads * spec.head_dim, spec.num_key_value_heads * spec.head_dim
+    shapes = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.embedding_norm.weight": (h,)}
+    for i, kind in enumerate(spec.layer_types):
+        p = f"model.layers.{i}"
+        shapes[f"{p}.operator_norm.weight"] = (h,)
+        shapes[f"{p}.ffn_norm.weight"] = (h,)
+        shapes[f"{p}.feed_forward.w1.weight"] = (ff, h)
+        shapes[f"{p}.feed_forward.w3.weight"] = (ff, h)
+        shapes[f"{p}.feed_forward.w2.weight"] = (h, ff)
+        if kind == "full_attention":
+            a = f"{p}.self_attn"
+            shapes.update({f"{a}.q_proj.weight": (q, h), f"{a}.k_proj.weight": (kv, h),
+                           f"{a}.v_proj.weight": (kv, h), f"{a}.out_proj.weight": (h, q),
+                           f"{a}.q_layernorm.weight": (spec.head_dim,),
+                           f"{a}.k_layernorm.weight": (spec.head_dim,)})
+        else:
+            c = f"{p}.conv"
+            shapes.update({f"{c}.in_proj.weight": (3 * h, h), f"{c}.conv.weight": (h, 1, k),
+                           f"{c}.out_proj.weight": (h, h)})
+            if spec.conv_bias:
+                shapes.update({f"{c}.in_proj.bias": (3 * h,), f"{c}.conv.bias": (h,), f"{c}.out_proj.bias": (h,)})
+    shapes["lm_head.weight"] = (spec.vocab_size, h)
+    return shapes
+
+
+def to_numpy(tensor: torch.Tensor, precision: str) -> np.ndarray:
+    """Cast on the torch side (bf16 sources included), then hand numpy the bytes."""
+    if precision == "bf16":
+        return tensor.to(torch.bfloat16).contiguous().view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    torch_dtype = torch.float16 if precision == "fp16" else torch.float32
+    return tensor.to(torch_dtype).contiguous().numpy()

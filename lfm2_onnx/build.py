@@ -1,0 +1,70 @@
+"""python -m lfm2_onnx.build: export an LFM2 checkpoint to one ONNX folder.
+
+    python -m lfm2_onnx.build -m LiquidAI/LFM2-350M -p fp16 -e cuda -o lfm2-350m-onnx
+    python -m lfm2_onnx.build -i ./my-finetune -p fp32 -e cpu -o out
+    python -m lfm2_onnx.build -m lfm2-tiny-random -o demo        # offline, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+from pathlib import Path
+
+from .errors import UserError, cli_entry
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+EPS = ("cpu", "cuda")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lfm2_onnx.build", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Output: onnx/model{,_fp16,_bf16}.onnx + external data, genai_config.json, "
+                                       "config.json, tokenizer and chat template files.")
+    src = p.add_argument_group("source (one of)")
+    src.add_argument("-m", "--model", help="Hugging Face Hub id (e.g. LiquidAI/LFM2-350M) or lfm2-tiny-random")
+    src.add_argument("-i", "--input", help="local checkpoint folder (config.json + *.safetensors)")
+    p.add_argument("-o", "--output", required=True, help="export folder to create")
+    p.add_argument("-p", "--precision", help=f"one of {', '.join(PRECISIONS)} (default: fp32 for cpu, fp16 for cuda)")
+    p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EPS)} (default: cpu)")
+    p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
+    p.add_argument("--cache-dir", help="Hub cache folder (default: HF_HOME)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--verify", action="store_true",
+                   help="after building, compare the export with transformers (python -m lfm2_onnx.verify)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    # Export-time code (torch, transformers) is imported only once the arguments are known good.
+    from .builder.export import export
+    from .builder.options import BuildOptions
+    from .builder.sources import resolve
+
+    precision = args.precision or ("fp16" if args.ep == "cuda" else "fp32")
+    opts = BuildOptions(precision, args.ep)  # refuses unknown or unsupported combinations
+    checkpoint, tmp = resolve(args.model, args.input, args.revision, args.cache_dir)
+    try:
+        result = export(checkpoint, Path(args.output), opts, overwrite=args.overwrite, progress=not args.quiet)
+        spec = result.spec
+        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+        print(f"wrote {result.folder} ({opts.onnx_file}, {result.bytes_written / 1e6:.1f} MB) in "
+              f"{result.seconds:.1f} s, peak RSS {peak_gb:.2f} GB: {spec.num_layers} layers "
+              f"({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), {precision}, {args.ep}")
+        if args.verify:
+            from .builder.verify import run_verification
+
+            return run_verification(result.folder, checkpoint, ep=args.ep)
+        return 0
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

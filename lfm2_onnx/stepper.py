@@ -1,0 +1,101 @@
+"""A plain, readable driver for an exported LFM2 graph: numpy caches, one run() per step.
+
+This is the reference client the verifier and the tests use: no IO binding, no CUDA graphs, every
+cache a host array. Batches are right-padded, which is what GroupQueryAttention expects; each row
+keeps its own length, and decode steps append one column of ones to the attention mask.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+
+_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+
+
+def read_genai_config(folder: Path) -> dict:
+    path = Path(folder) / "genai_config.json"
+    if not path.exists():
+        raise UserError(f"{folder}: no genai_config.json; is this a folder written by lfm2_onnx.build?")
+    return json.loads(path.read_text())
+
+
+@dataclass
+class StepState:
+    """Caches and the attention mask of a batch between steps."""
+
+    caches: dict[str, np.ndarray]
+    attention_mask: np.ndarray
+    lengths: np.ndarray  # real tokens per row so far
+    step_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class Stepper:
+    def __init__(self, folder: str | Path, ep: str = "cpu", model_file: str | None = None):
+        import onnxruntime as ort
+
+        folder = Path(folder)
+        config = read_genai_config(folder)
+        decoder = config["model"]["decoder"]
+        self.path = folder / (model_file or decoder["filename"])
+        if not self.path.exists():
+            raise UserError(f"{folder}: {self.path.name} is missing; the export is incomplete, build it again")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if ep == "cuda" else ["CPUExecutionProvider"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        names = {**decoder["inputs"], **decoder["outputs"]}
+        self.layer_types = decoder["layer_types"]
+        self._past, self._present = {}, {}
+        for i, kind in enumerate(self.layer_types):
+            if kind == "full_attention":
+                self._past[i] = [names["past_key_names"] % i, names["past_value_names"] % i]
+                self._present[i] = [names["present_key_names"] % i, names["present_value_names"] % i]
+            else:
+                self._past[i] = [names["past_conv_names"] % i]
+                self._present[i] = [names["present_conv_names"] % i]
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+
+    def _empty_caches(self, batch: int) -> dict[str, np.ndarray]:
+        caches = {}
+        for names in self._past.values():
+            for name in names:
+                meta = self._inputs[name]
+                shape = [batch if d == "batch_size" else (0 if isinstance(d, str) or d is None else d)
+                         for d in meta.shape]
+                caches[name] = np.zeros(shape, dtype=_NP_TYPES[meta.type])
+        return caches
+
+    def prefill(self, prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, StepState]:
+        """Run right-padded prompts; returns logits [B, S, V] and the state for decoding."""
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
+        width = int(lengths.max())
+        ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for row, prompt in enumerate(prompts):
+            ids[row, : len(prompt)] = prompt
+            mask[row, : len(prompt)] = 1
+        state = StepState(self._empty_caches(len(prompts)), mask, lengths)
+        return self._run(ids, state), state
+
+    def decode(self, tokens: np.ndarray, state: StepState) -> np.ndarray:
+        """One new token per row; returns logits [B, 1, V]."""
+        state.attention_mask = np.concatenate(
+            [state.attention_mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
+        state.lengths = state.lengths + 1
+        return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
+
+    def _run(self, ids: np.ndarray, state: StepState) -> np.ndarray:
+        feeds = {"input_ids": ids, "attention_mask": state.attention_mask, **state.caches}
+        output_names = ["logits"] + [n for names in self._present.values() for n in names]
+        outputs = dict(zip(output_names, self.session.run(output_names, feeds)))
+        for i, past_names in self._past.items():
+            for past_name, present_name in zip(past_names, self._present[i]):
+                state.caches[past_name] = outputs[present_name]
+        state.step_outputs = outputs
+        return outputs["logits"]

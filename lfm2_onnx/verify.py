@@ -1,0 +1,47 @@
+"""python -m lfm2_onnx.verify OUT --reference CKPT: check an export against transformers.
+
+Runs prompts through transformers and through the export (prefill, then decode steps through the
+caches) and prints max|Δlogit|, mean KL, top-1 agreement and greedy match. Exit code 1 on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import UserError, cli_entry
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m lfm2_onnx.verify", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
+    p.add_argument("--reference", required=True,
+                   help="the checkpoint it was built from: a folder, a Hub id, or lfm2-tiny-random")
+    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"], help="execution provider to run the export on")
+    p.add_argument("--steps", type=int, default=32, help="decode steps per prompt (default 32)")
+    p.add_argument("--prompt", action="append", help="a prompt to use (repeatable; default: three built-in prompts)")
+    return p
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    folder = Path(args.folder)
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such export folder")
+    from .builder.sources import resolve
+    from .builder.verify import DEFAULT_PROMPTS, run_verification
+
+    ref = Path(args.reference)
+    checkpoint, tmp = resolve(None, str(ref), None) if ref.is_dir() else resolve(args.reference, None)
+    try:
+        return run_verification(folder, checkpoint, ep=args.ep, texts=args.prompt or DEFAULT_PROMPTS,
+                                steps=args.steps)
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
