@@ -1,0 +1,154 @@
+"""`lfm2-tiny-random`: a small random-weight LFM2 checkpoint, made offline in a second or two.
+
+It has every feature of a real LFM2 checkpoint that the exporter cares about (conv and attention
+layers, grouped-query attention, the auto-adjusted SwiGLU width, tied embeddings, LFM2's special
+tokens at their real ids, an LFM2-style chat template) at a size that tests can build and run fast.
+The tokenizer is a 768-token byte-level BPE bundled in assets/ (see assets/make_tiny_tokenizer.py).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+TINY_ID = "lfm2-tiny-random"
+
+ASSETS_DIR = Path(__file__).resolve().parent / "assets"
+TOKENIZER_ASSET = ASSETS_DIR / "tiny_tokenizer.json"
+CHAT_TEMPLATE_ASSET = ASSETS_DIR / "tiny_chat_template.jinja"
+
+PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|startoftext|>", "<|im_end|>"
+PAD_ID, BOS_ID, EOS_ID, ENDOFTEXT_ID = 0, 1, 7, 2  # ids as in the real LFM2 tokenizer
+
+_DEFAULT_LAYER_TYPES = ["conv", "full_attention", "conv", "conv", "full_attention", "conv"]
+
+
+def bundled_vocab_size() -> int:
+    """Vocab size of the bundled tokenizer, special tokens included (the model's vocab_size)."""
+    tokenizer = json.loads(TOKENIZER_ASSET.read_text(encoding="utf-8"))
+    ids = set(tokenizer["model"]["vocab"].values()) | {t["id"] for t in tokenizer["added_tokens"]}
+    return max(ids) + 1
+
+
+def tiny_config(**overrides) -> dict:
+    """config.json dict of the tiny model, with overrides applied.
+
+    Overrides replace keys. A layer_types override also sets num_hidden_layers to its length
+    (unless num_hidden_layers is given too, in which case the two must agree).
+    """
+    config = {
+        "model_type": "lfm2",
+        "architectures": ["Lfm2ForCausalLM"],
+        "vocab_size": bundled_vocab_size(),
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": len(_DEFAULT_LAYER_TYPES),
+        "layer_types": list(_DEFAULT_LAYER_TYPES),
+        # Real checkpoints use the auto-adjusted width (2/3 of this, rounded up to block_multiple_of);
+        # 256 -> 170 -> 192 with a multiple of 32, instead of 256 with LFM2's usual 256.
+        "intermediate_size": 256,
+        "block_auto_adjust_ff_dim": True,
+        "block_ffn_dim_multiplier": 1.0,
+        "block_multiple_of": 32,
+        "conv_L_cache": 3,
+        "conv_bias": False,
+        "norm_eps": 1e-5,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        "max_position_embeddings": 4096,
+        # At the usual 0.02 the random logits are nearly flat and greedy decoding repeats one
+        # token; 0.1 gives varied output, which makes decode tests meaningful.
+        "initializer_range": 0.1,
+        "tie_word_embeddings": True,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": PAD_ID,
+        "use_cache": True,
+        "dtype": "float32",
+    }
+    overrides = copy.deepcopy(overrides)
+    if "layer_types" in overrides:
+        overrides.setdefault("num_hidden_layers", len(overrides["layer_types"]))
+    config.update(overrides)
+    if len(config["layer_types"]) != config["num_hidden_layers"]:
+        raise ValueError(
+            f"layer_types lists {len(config['layer_types'])} layers but num_hidden_layers is "
+            f"{config['num_hidden_layers']}; override layer_types to change the depth"
+        )
+    return config
+
+
+def generation_config() -> dict:
+    # The real LFM2 generation_config.json has no sampling defaults, so neither does this one.
+    # Both <|im_end|> (end of a chat turn) and <|endoftext|> stop generation.
+    return {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, ENDOFTEXT_ID], "pad_token_id": PAD_ID}
+
+
+def _added_tokens_decoder() -> dict:
+    """tokenizer_config.json's view of the bundled tokenizer's added tokens, as in LFM2's file."""
+    tokenizer = json.loads(TOKENIZER_ASSET.read_text(encoding="utf-8"))
+    fields = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
+    return {str(t["id"]): {k: t[k] for k in fields} for t in tokenizer["added_tokens"]}
+
+
+def tokenizer_config(model_max_length: int) -> dict:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "added_tokens_decoder": _added_tokens_decoder(),
+        "bos_token": BOS_TOKEN,
+        "eos_token": EOS_TOKEN,
+        "pad_token": PAD_TOKEN,
+        # The real file says true; false keeps decode(encode(s)) == s for text like "a , b".
+        "clean_up_tokenization_spaces": False,
+        "extra_special_tokens": {},
+        "legacy": False,
+        "model_max_length": model_max_length,
+        "spaces_between_special_tokens": False,
+        "use_default_system_prompt": False,
+    }
+
+
+def special_tokens_map() -> dict:
+    def entry(content: str) -> dict:
+        return {"content": content, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+    return {"bos_token": entry(BOS_TOKEN), "eos_token": entry(EOS_TOKEN), "pad_token": entry(PAD_TOKEN)}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_random_weights(path: Path, config: dict, seed: int) -> None:
+    """HF's own random init of Lfm2ForCausalLM under seed, saved as float32 safetensors."""
+    # Imported here: torch/transformers are export-time dependencies and slow to import.
+    import torch
+    from safetensors.torch import save_file
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    torch.manual_seed(seed)
+    model = Lfm2ForCausalLM(Lfm2Config(**config)).to(torch.float32)
+    state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        # Tied checkpoints store only the embedding, as save_pretrained and real LFM2 ones do.
+        del state["lm_head.weight"]
+    save_file(state, str(path), metadata={"format": "pt"})
+
+
+def write_tiny_checkpoint(dest: Path, *, seed: int = 0, **overrides) -> Path:
+    """Write a complete HF checkpoint folder to dest (created if missing) and return dest."""
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    config = tiny_config(**overrides)
+    _write_random_weights(dest / "model.safetensors", config, seed)
+    _write_json(dest / "config.json", config)
+    _write_json(dest / "generation_config.json", generation_config())
+    (dest / "tokenizer.json").write_bytes(TOKENIZER_ASSET.read_bytes())
+    _write_json(dest / "tokenizer_config.json", tokenizer_config(config["max_position_embeddings"]))
+    _write_json(dest / "special_tokens_map.json", special_tokens_map())
+    # transformers 5 reads the template from chat_template.jinja, not from tokenizer_config.json.
+    (dest / "chat_template.jinja").write_bytes(CHAT_TEMPLATE_ASSET.read_bytes())
+    return dest
