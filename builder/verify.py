@@ -24,10 +24,14 @@ DEFAULT_PROMPTS = (
 )
 
 # Pass thresholds per precision: fp32 must match to rounding; reduced precisions by distribution.
+# max_abs is for logits of spread (std) up to 1, as tiny random checkpoints give; fp32 rounding
+# grows with the logits, so for wider ones the limit is max_abs * std.
+# top1 counts positions where the reference's best logit leads the second by at least tie_margin:
+# random weights give near-ties that reduced precision may legitimately flip.
 THRESHOLDS = {
-    "fp32": {"max_abs": 1e-4, "mean_kl": 1e-6, "top1": 1.0},
-    "fp16": {"max_abs": None, "mean_kl": 5e-3, "top1": 0.97},
-    "bf16": {"max_abs": None, "mean_kl": 3e-2, "top1": 0.90},
+    "fp32": {"max_abs": 1e-4, "mean_kl": 1e-6, "top1": 1.0, "tie_margin": 0.0},
+    "fp16": {"max_abs": None, "mean_kl": 5e-3, "top1": 1.0, "tie_margin": 0.1},
+    "bf16": {"max_abs": None, "mean_kl": 3e-2, "top1": 0.99, "tie_margin": 0.5},
 }
 
 
@@ -35,15 +39,20 @@ THRESHOLDS = {
 class PhaseStats:
     label: str
     max_abs: float = 0.0
+    scale: float = 0.0  # largest std of the reference logits over positions
     kl: list[float] = field(default_factory=list)
     agree: list[bool] = field(default_factory=list)
+    margin: list[float] = field(default_factory=list)  # reference top-1 minus top-2 logit
 
     def add(self, reference: np.ndarray, export: np.ndarray) -> None:
         reference, export = reference.astype(np.float64), export.astype(np.float64)
         self.max_abs = max(self.max_abs, float(np.abs(reference - export).max()))
+        self.scale = max(self.scale, float(reference.std(-1).max()))
         log_p, log_q = _log_softmax(reference), _log_softmax(export)
         self.kl.extend((np.exp(log_p) * (log_p - log_q)).sum(-1).ravel().tolist())
         self.agree.extend((reference.argmax(-1) == export.argmax(-1)).ravel().tolist())
+        top2 = np.sort(reference, axis=-1)[..., -2:]
+        self.margin.extend((top2[..., 1] - top2[..., 0]).ravel().tolist())
 
     @property
     def mean_kl(self) -> float:
@@ -52,6 +61,11 @@ class PhaseStats:
     @property
     def top1(self) -> float:
         return float(np.mean(self.agree)) if self.agree else 1.0
+
+    def decisive_top1(self, tie_margin: float) -> float:
+        """Top-1 agreement over positions whose reference leader is clear by tie_margin."""
+        kept = [a for a, m in zip(self.agree, self.margin) if m >= tie_margin]
+        return float(np.mean(kept)) if kept else 1.0
 
 
 @dataclass
@@ -65,20 +79,24 @@ class Report:
     def passed(self) -> bool:
         t = THRESHOLDS[self.precision]
         for phase in self.phases:
-            if t["max_abs"] is not None and phase.max_abs > t["max_abs"]:
+            if t["max_abs"] is not None and phase.max_abs > t["max_abs"] * max(1.0, phase.scale):
                 return False
-            if phase.mean_kl > t["mean_kl"] or phase.top1 < t["top1"]:
+            if phase.mean_kl > t["mean_kl"] or phase.decisive_top1(t["tie_margin"]) < t["top1"]:
                 return False
         return self.precision != "fp32" or all(self.greedy_match)
 
     def table(self) -> str:
-        lines = [f"{'phase':<22}{'max|Δlogit|':>13}{'mean KL':>12}{'top-1':>9}"]
+        t = THRESHOLDS[self.precision]
+        lines = [f"{'phase':<22}{'max|Δlogit|':>13}{'logit std':>11}{'mean KL':>12}{'top-1':>9}{'top-1*':>9}"]
         for p in self.phases:
-            lines.append(f"{p.label:<22}{p.max_abs:>13.3e}{p.mean_kl:>12.3e}{p.top1:>8.1%}")
+            lines.append(f"{p.label:<22}{p.max_abs:>13.3e}{p.scale:>11.2f}{p.mean_kl:>12.3e}{p.top1:>9.1%}"
+                         f"{p.decisive_top1(t['tie_margin']):>9.1%}")
         matched = sum(self.greedy_match)
         lines.append(f"greedy match: {matched}/{len(self.greedy_match)} prompts identical over {self.steps} tokens")
-        t = THRESHOLDS[self.precision]
-        limits = ", ".join(f"{k} {'≤' if k != 'top1' else '≥'} {v:g}" for k, v in t.items() if v is not None)
+        names = {"max_abs": "max|Δ|/max(1, std)", "mean_kl": "mean KL", "top1": "top-1*"}
+        limits = ", ".join(f"{names[k]} {'≥' if k == 'top1' else '≤'} {v:g}" for k, v in t.items()
+                           if v is not None and k in names)
+        limits += f" (top-1*: where the reference leads by ≥ {t['tie_margin']:g})"
         lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {limits})")
         return "\n".join(lines)
 
@@ -91,20 +109,23 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
 def load_reference(checkpoint: Path):
     from transformers import Lfm2ForCausalLM
 
-    return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    # fp32 reference on the GPU when there is one (a 1.2B model's 32 steps are slow on 2 cores).
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
 
 
 def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """transformers with its own cache: prefill logits, per-step logits, greedy tokens."""
+    device = model.device
     with torch.no_grad():
-        out = model(torch.tensor([prompt]), use_cache=True)
-        prefill = out.logits[0].numpy()
+        out = model(torch.tensor([prompt], device=device), use_cache=True)
+        prefill = out.logits[0].float().cpu().numpy()
         cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
         step_logits, tokens = [], [token]
         for _ in range(steps):
-            out = model(torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+            out = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
             cache = out.past_key_values
-            step_logits.append(out.logits[0, -1].numpy())
+            step_logits.append(out.logits[0, -1].float().cpu().numpy())
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
     return prefill, step_logits, tokens
