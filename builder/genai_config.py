@@ -10,13 +10,14 @@ from .model import PAST_CONV, PAST_KEY, PAST_VALUE, PRESENT_CONV, PRESENT_KEY, P
 from .options import BuildOptions
 from .spec import Lfm2Spec
 
-# generation_config.json key -> (genai "search" key, default when the checkpoint says nothing)
+# generation_config.json key -> (genai "search" key, default when the checkpoint says nothing).
+# onnxruntime-genai 0.18 rejects unknown search keys, so min_p (in generation_config.json, which
+# our runtime reads) has no place here.
 _SEARCH_DEFAULTS = {
     "do_sample": ("do_sample", False),
     "temperature": ("temperature", 1.0),
     "top_k": ("top_k", 50),
     "top_p": ("top_p", 1.0),
-    "min_p": ("min_p", 0.0),
     "repetition_penalty": ("repetition_penalty", 1.0),
 }
 
