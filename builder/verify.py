@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfm2_onnx.stepper import Stepper, read_genai_config
+from lfm2_onnx.stepper import Stepper
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -133,11 +133,11 @@ def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, lis
 
 def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: int = 32, ep: str = "cpu",
             reference=None) -> Report:
-    precision = _precision_of(folder)
+    stepper = Stepper(folder, ep=ep)
+    precision = stepper.precision
     model = reference if reference is not None else load_reference(checkpoint)
     refs = [reference_run(model, p, steps) for p in prompts]
 
-    stepper = Stepper(folder, ep=ep)
     prefill_logits, state = stepper.prefill(prompts)
     prefill = PhaseStats("prefill")
     for row, (prompt, (ref_prefill, _, _)) in enumerate(zip(prompts, refs)):
@@ -152,12 +152,6 @@ def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: 
             decode.add(ref_steps[step], logits[row])
             greedy[row] = greedy[row] and ref_steps[step].argmax() == logits[row].argmax()
     return Report(precision, [prefill, decode], [bool(g) for g in greedy], steps)
-
-
-def _precision_of(folder: Path) -> str:
-    filename = read_genai_config(folder)["model"]["decoder"]["filename"]
-    stem = Path(filename).stem
-    return {"model": "fp32", "model_fp16": "fp16", "model_bf16": "bf16"}.get(stem, "fp32")
 
 
 def tokenize_prompts(folder: Path, texts) -> list[list[int]]:

@@ -46,11 +46,16 @@ class Stepper:
         if not self.path.exists():
             raise UserError(f"{folder}: {self.path.name} is missing; the export is incomplete, build it again")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if ep == "cuda" else ["CPUExecutionProvider"]
+        if ep == "cuda" and hasattr(ort, "preload_dlls"):
+            ort.preload_dlls()  # CUDA/cuDNN from the pip packages, before the first CUDA session
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         names = {**decoder["inputs"], **decoder["outputs"]}
         self.layer_types = decoder["layer_types"]
+        # Empty-cache shapes from the config: some exporters leave these dims symbolic in the graph.
+        self._kv_shape = (decoder["num_key_value_heads"], 0, decoder["head_size"])
+        self._conv_shape = (decoder["hidden_size"], decoder["conv_cache_size"])
         self._past, self._present = {}, {}
         for i, kind in enumerate(self.layer_types):
             if kind == "full_attention":
@@ -60,15 +65,16 @@ class Stepper:
                 self._past[i] = [names["past_conv_names"] % i]
                 self._present[i] = [names["present_conv_names"] % i]
         self._inputs = {i.name: i for i in self.session.get_inputs()}
+        cache_input = next((n for names in self._past.values() for n in names), "logits")
+        meta = self._inputs.get(cache_input) or self.session.get_outputs()[0]
+        self.precision = {"tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}.get(meta.type, "fp32")
 
     def _empty_caches(self, batch: int) -> dict[str, np.ndarray]:
         caches = {}
-        for names in self._past.values():
+        for i, names in self._past.items():
+            shape = (batch, *(self._kv_shape if self.layer_types[i] == "full_attention" else self._conv_shape))
             for name in names:
-                meta = self._inputs[name]
-                shape = [batch if d == "batch_size" else (0 if isinstance(d, str) or d is None else d)
-                         for d in meta.shape]
-                caches[name] = np.zeros(shape, dtype=_NP_TYPES[meta.type])
+                caches[name] = np.zeros(shape, dtype=_NP_TYPES[self._inputs[name].type])
         return caches
 
     def prefill(self, prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, StepState]:
@@ -92,6 +98,9 @@ class Stepper:
 
     def _run(self, ids: np.ndarray, state: StepState) -> np.ndarray:
         feeds = {"input_ids": ids, "attention_mask": state.attention_mask, **state.caches}
+        if "position_ids" in self._inputs:  # graphs that take positions (onnxruntime-genai's builder)
+            positions = np.cumsum(state.attention_mask, axis=1) - 1
+            feeds["position_ids"] = np.maximum(positions[:, -ids.shape[1]:], 0)
         output_names = ["logits"] + [n for names in self._present.values() for n in names]
         outputs = dict(zip(output_names, self.session.run(output_names, feeds)))
         for i, past_names in self._past.items():
