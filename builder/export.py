@@ -6,7 +6,9 @@ interrupted or failed build never leaves anything that looks like a model.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 import tempfile
 import time
@@ -21,6 +23,9 @@ from .options import BuildOptions
 from .spec import Lfm2Spec, load_spec
 from .weights import Checkpoint
 from .writer import save_with_external_data
+
+# Write failures that the user fixes by freeing space or choosing another place.
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
 
 # Copied from the checkpoint when present: tokenizers, chat template, generation defaults.
 CHECKPOINT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
@@ -42,24 +47,50 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions, *, overwrite: bool =
     spec, config, generation = load_spec(checkpoint)
     ckpt = Checkpoint(checkpoint)
     ckpt.validate(spec)
-    out = out.expanduser().absolute()
-    if out.exists() and not overwrite:
-        raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another -o")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out} exists and is not a folder; choose another -o")
+    out = check_output(out, overwrite, checkpoint)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     except OSError as e:
-        raise UserError(f"cannot write to {out.parent}: {e.strerror}; choose a writable -o") from None
+        raise UserError(f"cannot create {out.name} in {out.parent} ({e.strerror}); choose a writable -o") from None
     try:
         _write_folder(staging, checkpoint, spec, config, generation, ckpt, opts, progress)
         _replace(staging, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            raise UserError(f"cannot write {out} ({e.strerror}); free some space or choose another -o") from None
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return ExportResult(out, spec, opts, time.perf_counter() - start, size)
+
+
+def check_output(out: Path, overwrite: bool, checkpoint: Path | None = None) -> Path:
+    """The absolute output folder, or a UserError if building there would fail or destroy something.
+
+    Cheap and side-effect free, so the CLI calls it before downloading or loading anything.
+    """
+    out = Path(out).expanduser().absolute()
+    if out.exists() or out.is_symlink():
+        if not overwrite:
+            raise UserError(f"{out} already exists; pass --overwrite to replace it or choose another -o")
+        if not out.is_dir():
+            raise UserError(f"{out} exists and is not a folder; remove it or choose another -o")
+        if any(out.iterdir()) and not (out / "genai_config.json").exists():
+            raise UserError(f"{out} is not an export folder (no genai_config.json), so --overwrite will not "
+                            "delete it; remove it yourself or choose another -o")
+        if checkpoint is not None:
+            source = Path(checkpoint).expanduser().resolve()
+            if out.resolve() == source or out.resolve() in source.parents:
+                raise UserError(f"{out} holds the checkpoint being exported, so --overwrite would delete it; "
+                                "choose another -o")
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UserError(f"cannot create {out}: {parent} is a file, not a folder; choose another -o")
+            break
+    return out
 
 
 def _write_folder(folder: Path, checkpoint: Path, spec: Lfm2Spec, config: dict, generation: dict,
@@ -89,6 +120,12 @@ def _client_config(config: dict, spec: Lfm2Spec, opts: BuildOptions, chunks: int
     js["use_external_data_format"] = data
     config["transformers.js_config"] = js
     return config
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _write_json(path: Path, data: dict) -> None:

@@ -39,12 +39,15 @@ class Checkpoint:
         if index.exists():
             try:
                 weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError) as e:
-                raise UserError(f"{index}: not a safetensors index ({e})") from None
-            files = sorted({self.folder / f for f in weight_map.values()})
+                files = sorted({self.folder / f for f in weight_map.values()})
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+                raise UserError(f"{index}: not a safetensors index ({type(e).__name__}: {e}); "
+                                "download it again or remove it") from None
             missing = [f.name for f in files if not f.exists()]
             if missing:
-                raise UserError(f"{self.folder}: shards listed in the index are missing: {', '.join(missing)}")
+                raise UserError(f"{self.folder}: shards listed in the index are missing: {', '.join(missing[:3])}"
+                                f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}; "
+                                "download them again")
             return files
         files = sorted(self.folder.glob("*.safetensors"))
         if not files:
@@ -74,12 +77,14 @@ class Checkpoint:
                    and not (n == "lm_head.weight" and spec.tie_word_embeddings)]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-            raise UserError(f"{self.folder}: weights missing for the config: {', '.join(missing[:3])}{more}")
+            raise UserError(f"{self.folder}: weights missing for the config: {', '.join(missing[:3])}{more}; "
+                            "config.json and the weights must come from the same checkpoint")
         wrong = [f"{n} is {list(self._shapes[n])}, config implies {list(s)}"
                  for n, s in expected.items() if n in self._shapes and self._shapes[n] != s]
         if wrong:
             more = f" (and {len(wrong) - 2} more)" if len(wrong) > 2 else ""
-            raise UserError(f"weights disagree with config.json: {'; '.join(wrong[:2])}{more}")
+            raise UserError(f"{self.folder}: weights disagree with config.json: {'; '.join(wrong[:2])}{more}; "
+                            "use the config.json that came with these weights")
 
 
 def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
@@ -91,14 +96,18 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
             if header_len > size - 8:
                 raise ValueError("header length exceeds the file")
             header = json.loads(f.read(header_len))
-    except (struct.error, ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"{file}: not a valid safetensors file ({e}); download it again") from None
-    shapes, data_end = {}, 0
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        shapes[name] = tuple(info["shape"])
-        data_end = max(data_end, info["data_offsets"][1])
+        shapes, data_end = {}, 0
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            shapes[name] = tuple(int(d) for d in info["shape"])
+            data_end = max(data_end, int(info["data_offsets"][1]))
+    except IsADirectoryError:
+        raise UserError(f"{file}: a folder, not a safetensors file; remove it or download the weights again") from None
+    except OSError as e:
+        raise UserError(f"{file}: cannot read it ({e.strerror}); check the file and its permissions") from None
+    except (struct.error, ValueError, UnicodeDecodeError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise UserError(f"{file}: not a valid safetensors file ({type(e).__name__}: {e}); download it again") from None
     if 8 + header_len + data_end > size:
         raise UserError(f"{file}: truncated ({size} bytes, header declares {8 + header_len + data_end}); download it again")
     return shapes

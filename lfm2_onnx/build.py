@@ -12,17 +12,17 @@ import resource
 import sys
 from pathlib import Path
 
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 EPS = ("cpu", "cuda")
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lfm2_onnx.build", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Output: onnx/model{,_fp16,_bf16}.onnx + external data, genai_config.json, "
-                                       "config.json, tokenizer and chat template files.")
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m lfm2_onnx.build", description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="Output: onnx/model{,_fp16,_bf16}.onnx + external data, genai_config.json, "
+                              "config.json, tokenizer and chat template files.")
     src = p.add_argument_group("source (one of)")
     src.add_argument("-m", "--model", help="Hugging Face Hub id (e.g. LiquidAI/LFM2-350M) or lfm2-tiny-random")
     src.add_argument("-i", "--input", help="local checkpoint folder (config.json + *.safetensors)")
@@ -42,12 +42,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     # Export-time code (torch, transformers) is imported only once the arguments are known good.
-    from .builder.export import export
+    from .builder.export import check_output, export
     from .builder.options import BuildOptions
     from .builder.sources import resolve
 
     precision = args.precision or ("fp16" if args.ep == "cuda" else "fp32")
     opts = BuildOptions(precision, args.ep)  # refuses unknown or unsupported combinations
+    if args.input and not args.model and (args.revision or args.cache_dir):
+        raise UserError("--revision and --cache-dir apply to -m HUB_ID only; drop them when building from -i")
+    check_output(Path(args.output), args.overwrite)  # before any download: fail fast on a bad -o
     checkpoint, tmp = resolve(args.model, args.input, args.revision, args.cache_dir)
     try:
         result = export(checkpoint, Path(args.output), opts, overwrite=args.overwrite, progress=not args.quiet)

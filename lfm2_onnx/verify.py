@@ -6,15 +6,15 @@ caches) and prints max|Δlogit|, mean KL, top-1 agreement and greedy match. Exit
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from .errors import UserError, cli_entry
+from .errors import ArgumentParser, UserError, cli_entry
+from .stepper import read_genai_config
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m lfm2_onnx.verify", description=__doc__.split("\n\n")[0])
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m lfm2_onnx.verify", description=__doc__.split("\n\n")[0])
     p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
     p.add_argument("--reference", required=True,
                    help="the checkpoint it was built from: a folder, a Hub id, or lfm2-tiny-random")
@@ -29,11 +29,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     folder = Path(args.folder)
     if not folder.is_dir():
-        raise UserError(f"{folder}: no such export folder")
+        raise UserError(f"{folder}: no such export folder; build one with python -m lfm2_onnx.build -o {folder}")
+    # Checked before the reference is loaded or downloaded.
+    try:
+        read_genai_config(folder)
+    except ValueError as e:
+        raise UserError(f"{folder}/genai_config.json: not valid JSON ({e}); build the export again") from None
+    if not (folder / "tokenizer.json").is_file():
+        raise UserError(f"{folder}: no tokenizer.json; the export is incomplete, build it again")
+    if args.steps < 0:
+        raise UserError(f"--steps {args.steps}: give a number of decode steps >= 0")
     from .builder.sources import resolve
     from .builder.verify import DEFAULT_PROMPTS, run_verification
 
     ref = Path(args.reference)
+    if ref.is_dir() and not (ref / "config.json").is_file():
+        raise UserError(f"--reference {ref}: no config.json; give the checkpoint folder the export was built from")
     checkpoint, tmp = resolve(None, str(ref), None) if ref.is_dir() else resolve(args.reference, None)
     try:
         return run_verification(folder, checkpoint, ep=args.ep, texts=args.prompt or DEFAULT_PROMPTS,
