@@ -11,14 +11,19 @@ from lfm2_onnx.errors import UserError
 PRECISIONS = ("fp32", "fp16", "bf16")
 EXECUTION_PROVIDERS = ("cpu", "cuda")
 
-# onnxruntime's CPU kernels for GroupQueryAttention/CausalConvWithState have no bfloat16 version.
+# onnxruntime's CPU kernels for GroupQueryAttention/CausalConvWithState have no bfloat16 version, and
+# its CUDA GroupQueryAttention has no float32 one (the node would fall back to the CPU, copying every
+# layer's activations across and losing the fused Q/K norms).
 VALID_COMBINATIONS = (
     ("fp32", "cpu"),
     ("fp16", "cpu"),
-    ("fp32", "cuda"),
     ("fp16", "cuda"),
     ("bf16", "cuda"),
 )
+_WHY_NOT = {
+    ("bf16", "cpu"): "onnxruntime's CPU attention and conv kernels have no bfloat16",
+    ("fp32", "cuda"): "onnxruntime's CUDA GroupQueryAttention has no float32",
+}
 
 _DTYPES = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
 # transformers.js picks the file by dtype: model.onnx (fp32), model_fp16.onnx, model_bf16.onnx, ...
@@ -37,7 +42,8 @@ class BuildOptions:
             raise UserError(f"unknown execution provider {self.ep!r}; choose one of: {', '.join(EXECUTION_PROVIDERS)}")
         if (self.precision, self.ep) not in VALID_COMBINATIONS:
             valid = ", ".join(f"-p {p} -e {e}" for p, e in VALID_COMBINATIONS)
-            raise UserError(f"-p {self.precision} -e {self.ep} is not supported; valid combinations: {valid}")
+            why = _WHY_NOT.get((self.precision, self.ep), "not supported")
+            raise UserError(f"-p {self.precision} -e {self.ep}: {why}; valid combinations: {valid}")
 
     @property
     def io_dtype(self) -> ir.DataType:

@@ -8,14 +8,16 @@ keeps its own length, and decode steps append one column of ones to the attentio
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 
-_NP_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
+# Empty caches: numpy dtype and ONNX element type (bfloat16 travels as raw uint16 in an OrtValue).
+_CACHE_TYPES = {"tensor(float)": (np.float32, 1), "tensor(float16)": (np.float16, 10),
+                "tensor(bfloat16)": (np.uint16, 16)}
 
 
 def read_genai_config(folder: Path) -> dict:
@@ -27,12 +29,15 @@ def read_genai_config(folder: Path) -> dict:
 
 @dataclass
 class StepState:
-    """Caches and the attention mask of a batch between steps."""
+    """Caches (OrtValues, any dtype incl. bfloat16) and the attention mask of a batch between steps."""
 
-    caches: dict[str, np.ndarray]
+    caches: dict  # past input name -> OrtValue
     attention_mask: np.ndarray
     lengths: np.ndarray  # real tokens per row so far
-    step_outputs: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def cache(self, name: str) -> np.ndarray:
+        """A cache as a numpy array (fp32/fp16 caches)."""
+        return self.caches[name].numpy()
 
 
 class Stepper:
@@ -69,12 +74,15 @@ class Stepper:
         meta = self._inputs.get(cache_input) or self.session.get_outputs()[0]
         self.precision = {"tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}.get(meta.type, "fp32")
 
-    def _empty_caches(self, batch: int) -> dict[str, np.ndarray]:
+    def _empty_caches(self, batch: int) -> dict:
+        from onnxruntime import OrtValue
+
         caches = {}
         for i, names in self._past.items():
             shape = (batch, *(self._kv_shape if self.layer_types[i] == "full_attention" else self._conv_shape))
             for name in names:
-                caches[name] = np.zeros(shape, dtype=_NP_TYPES[self._inputs[name].type])
+                dtype, element_type = _CACHE_TYPES[self._inputs[name].type]
+                caches[name] = OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, dtype), element_type)
         return caches
 
     def prefill(self, prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, StepState]:
@@ -97,14 +105,16 @@ class Stepper:
         return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
 
     def _run(self, ids: np.ndarray, state: StepState) -> np.ndarray:
-        feeds = {"input_ids": ids, "attention_mask": state.attention_mask, **state.caches}
+        from onnxruntime import OrtValue
+
+        feeds = {"input_ids": ids, "attention_mask": state.attention_mask}
         if "position_ids" in self._inputs:  # graphs that take positions (onnxruntime-genai's builder)
             positions = np.cumsum(state.attention_mask, axis=1) - 1
             feeds["position_ids"] = np.maximum(positions[:, -ids.shape[1]:], 0)
+        feeds = {k: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         output_names = ["logits"] + [n for names in self._present.values() for n in names]
-        outputs = dict(zip(output_names, self.session.run(output_names, feeds)))
+        outputs = dict(zip(output_names, self.session.run_with_ort_values(output_names, {**feeds, **state.caches})))
         for i, past_names in self._past.items():
             for past_name, present_name in zip(past_names, self._present[i]):
                 state.caches[past_name] = outputs[present_name]
-        state.step_outputs = outputs
-        return outputs["logits"]
+        return outputs["logits"].numpy()

@@ -245,8 +245,14 @@ def test_unknown_execution_provider(work, capsys):
 
 def test_unsupported_combination(work, capsys):
     rc, out, err = run_build(capsys, "-m", "lfm2-tiny-random", "-p", "bf16", "-e", "cpu", "-o", work / "out")
-    assert_user_error(rc, out, err, "-p bf16 -e cpu is not supported", "valid combinations",
-                      "-p fp32 -e cpu", "-p fp16 -e cpu", "-p bf16 -e cuda")
+    assert_user_error(rc, out, err, "-p bf16 -e cpu: onnxruntime's CPU attention and conv kernels have no bfloat16",
+                      "valid combinations", "-p fp32 -e cpu", "-p fp16 -e cpu", "-p bf16 -e cuda")
+    assert_nothing_left(work, work / "out")
+
+
+def test_fp32_on_cuda_is_refused_with_the_reason(work, capsys):
+    rc, out, err = run_build(capsys, "-m", "lfm2-tiny-random", "-p", "fp32", "-e", "cuda", "-o", work / "out")
+    assert_user_error(rc, out, err, "CUDA GroupQueryAttention has no float32", "-p fp16 -e cuda")
     assert_nothing_left(work, work / "out")
 
 

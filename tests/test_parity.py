@@ -53,7 +53,7 @@ def test_ragged_batch_rows_equal_single_runs(factory):
     for _ in range(4):
         batch_steps.append(stepper.decode(next_tokens, batch_state)[:, -1])
         next_tokens = batch_steps[-1].argmax(-1)
-    batch_caches = batch_state.caches
+    batch_caches = {name: batch_state.cache(name) for name in batch_state.caches}
 
     for row, prompt in enumerate(PROMPTS):
         logits, state = stepper.prefill([prompt])
@@ -64,7 +64,8 @@ def test_ragged_batch_rows_equal_single_runs(factory):
             np.testing.assert_allclose(batch_steps[step][row], step_logits[0], atol=1e-5)
             token = step_logits.argmax(-1)
         real = len(prompt) + 4  # cache positions that hold this row's tokens
-        for name, cache in state.caches.items():
+        for name in state.caches:
+            cache = state.cache(name)
             if "conv" in name:
                 np.testing.assert_allclose(batch_caches[name][row], cache[0], atol=1e-5, err_msg=name)
             else:
