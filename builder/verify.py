@@ -26,8 +26,9 @@ DEFAULT_PROMPTS = (
 # Pass thresholds per precision: fp32 must match to rounding; reduced precisions by distribution.
 # max_abs is for logits of spread (std) up to 1, as tiny random checkpoints give; fp32 rounding
 # grows with the logits, so for wider ones the limit is max_abs * std.
-# top1 counts positions where the reference's best logit leads the second by at least tie_margin:
-# random weights give near-ties that reduced precision may legitimately flip.
+# top1 counts positions where the reference's best logit leads the second by at least
+# tie_margin * max(1, std): random weights give near-ties that reduced precision may legitimately
+# flip, and its rounding, like fp32's, grows with the logits.
 THRESHOLDS = {
     "fp32": {"max_abs": 1e-4, "mean_kl": 1e-6, "top1": 1.0, "tie_margin": 0.0},
     "fp16": {"max_abs": None, "mean_kl": 5e-3, "top1": 1.0, "tie_margin": 0.1},
@@ -81,7 +82,7 @@ class Report:
         for phase in self.phases:
             if t["max_abs"] is not None and phase.max_abs > t["max_abs"] * max(1.0, phase.scale):
                 return False
-            if phase.mean_kl > t["mean_kl"] or phase.decisive_top1(t["tie_margin"]) < t["top1"]:
+            if phase.mean_kl > t["mean_kl"] or phase.decisive_top1(_margin(t, phase)) < t["top1"]:
                 return False
         return self.precision != "fp32" or all(self.greedy_match)
 
@@ -90,15 +91,19 @@ class Report:
         lines = [f"{'phase':<22}{'max|Δlogit|':>13}{'logit std':>11}{'mean KL':>12}{'top-1':>9}{'top-1*':>9}"]
         for p in self.phases:
             lines.append(f"{p.label:<22}{p.max_abs:>13.3e}{p.scale:>11.2f}{p.mean_kl:>12.3e}{p.top1:>9.1%}"
-                         f"{p.decisive_top1(t['tie_margin']):>9.1%}")
+                         f"{p.decisive_top1(_margin(t, p)):>9.1%}")
         matched = sum(self.greedy_match)
         lines.append(f"greedy match: {matched}/{len(self.greedy_match)} prompts identical over {self.steps} tokens")
         names = {"max_abs": "max|Δ|/max(1, std)", "mean_kl": "mean KL", "top1": "top-1*"}
         limits = ", ".join(f"{names[k]} {'≥' if k == 'top1' else '≤'} {v:g}" for k, v in t.items()
                            if v is not None and k in names)
-        limits += f" (top-1*: where the reference leads by ≥ {t['tie_margin']:g})"
+        limits += f" (top-1*: where the reference leads by ≥ {t['tie_margin']:g} × max(1, std))"
         lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {limits})")
         return "\n".join(lines)
+
+
+def _margin(thresholds: dict, phase: PhaseStats) -> float:
+    return thresholds["tie_margin"] * max(1.0, phase.scale)
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
