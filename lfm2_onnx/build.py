@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = result.spec
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         print(f"wrote {result.folder} ({opts.onnx_file}, {result.bytes_written / 1e6:.1f} MB) in "
-              f"{result.seconds:.1f} s, peak RSS {peak_gb:.2f} GB: {spec.num_layers} layers "
+              f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s, peak RSS {peak_gb:.2f} GB: {spec.num_layers} layers "
               f"({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), {precision}, {args.ep}")
         if args.verify:
             from .builder.verify import run_verification
