@@ -491,3 +491,14 @@ def test_verify_reference_without_config(work, capsys, tiny_export):
     rc = verify_cli.main([str(tiny_export), "--reference", str(work / "empty")])
     err = capsys.readouterr().err
     assert_user_error(rc, "", err, "--reference", "no config.json", "the checkpoint folder the export was built from")
+
+
+def test_build_verify_runs_the_comparison(tmp_path, capsys):
+    """build --verify builds, then checks the export against transformers and reports the table."""
+    from lfm2_onnx.build import main
+
+    rc = main(["-m", "lfm2-tiny-random", "-o", str(tmp_path / "out"), "--verify", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "max|Δlogit|" in out and "greedy match: 3/3 prompts identical over 32 tokens" in out
+    assert "\nPASS (fp32" in out
