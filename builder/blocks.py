@@ -83,13 +83,17 @@ def conv_state_index(ctx: Context, input_ids: ir.Value, attention_mask: ir.Value
     """Index of each row's carried conv state inside concat(past_state, new inputs) along time.
 
     A right-padded row with n real new tokens must carry the L-1 inputs ending at its last real
-    token, not at the padding: the state window starts at n. During decode n is 1 for every row.
+    token, not at the padding: the state window starts at n, counted from the mask's last S
+    columns. A single new token (decode) is always real, so n is 1 there whatever the mask says:
+    CUDA-graph runtimes feed a fixed-width mask whose last column is not the current one.
     """
     g, spec = ctx.g, ctx.spec
     with g.scope("conv_metadata"):
         new_len = g.op("Slice", g.op("Shape", input_ids), g.i64(1), g.i64(2), name="new_tokens")
         new_mask = g.op("Slice", attention_mask, g.op("Neg", new_len), g.i64(np.iinfo(np.int64).max), g.i64(1))
-        real_new = g.op("ReduceSum", new_mask, g.i64(1), keepdims=1, name="real_new_tokens")  # [B, 1]
+        counted = g.op("ReduceSum", new_mask, g.i64(1), keepdims=1, name="real_new_tokens")  # [B, 1]
+        decoding = g.op("Equal", new_len, g.i64(1), name="is_decode_step")  # [1]
+        real_new = g.op("Where", decoding, g.i64(1), counted, name="state_shift")
         start = g.op("Unsqueeze", real_new, g.i64(2))  # [B, 1, 1]
         window = g.const(np.arange(spec.conv_state_size, dtype=np.int64).reshape(1, 1, -1))
         index = g.op("Add", start, window)  # [B, 1, L-1]
