@@ -92,7 +92,11 @@ def conv_state_index(ctx: Context, input_ids: ir.Value, attention_mask: ir.Value
         new_len = g.op("Slice", g.op("Shape", input_ids), g.i64(1), g.i64(2), name="new_tokens")
         new_mask = g.op("Slice", attention_mask, g.op("Neg", new_len), g.i64(np.iinfo(np.int64).max), g.i64(1))
         counted = g.op("ReduceSum", new_mask, g.i64(1), keepdims=1, name="real_new_tokens")  # [B, 1]
-        decoding = g.op("Equal", new_len, g.i64(1), name="is_decode_step")  # [1]
+        # S counted on the device (not taken from Shape, which lives on the host): a host-side
+        # condition feeding Where would need a copy, and copies forbid CUDA graph capture.
+        ones = g.op("Cast", g.op("Equal", input_ids, input_ids), to=ir.DataType.INT64)
+        width = g.op("ReduceSum", ones, g.i64(1), keepdims=1, name="new_tokens_on_device")  # [B, 1]
+        decoding = g.op("Equal", width, g.i64(1), name="is_decode_step")
         real_new = g.op("Where", decoding, g.i64(1), counted, name="state_shift")
         start = g.op("Unsqueeze", real_new, g.i64(2))  # [B, 1, 1]
         window = g.const(np.arange(spec.conv_state_size, dtype=np.int64).reshape(1, 1, -1))

@@ -68,16 +68,18 @@ def run_ours(folder: str, ep: str, prompts: list[list[int]], gen: int, runs: int
 
 
 def run_genai(folder: str, ep: str, prompts: list[list[int]], gen: int, runs: int) -> dict:
+    """onnxruntime-genai on the same folder: with its CUDA graph option when it can capture, else without."""
     import onnxruntime_genai as og
 
-    config = og.Config(folder)
-    if ep == "cuda":
-        config.clear_providers()
-        config.append_provider("cuda")
-        config.set_provider_option("cuda", "enable_cuda_graph", "1")
-    model = og.Model(config)
-    results = []
-    for _ in range(runs + 1):
+    def make_model(cuda_graph: bool):
+        config = og.Config(folder)
+        if ep == "cuda":
+            config.clear_providers()
+            config.append_provider("cuda")
+            config.set_provider_option("cuda", "enable_cuda_graph", "1" if cuda_graph else "0")
+        return og.Model(config)
+
+    def timed_run(model):
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=len(prompts[0]) + gen, min_length=len(prompts[0]) + gen,
                                   do_sample=False, batch_size=len(prompts))
@@ -90,10 +92,24 @@ def run_genai(folder: str, ep: str, prompts: list[list[int]], gen: int, runs: in
         while not generator.is_done() and count < gen:
             generator.generate_next_token()
             count += 1
-        end = time.perf_counter()
-        results.append((first - start, (end - first) / max(count - 1, 1), count))
-        del generator
-    return _summary(results[1:], len(prompts), ep)
+        return first - start, (time.perf_counter() - first) / max(count - 1, 1), count
+
+    cuda_graph = ep == "cuda"
+    try:
+        model = make_model(cuda_graph)
+        results = [timed_run(model)]
+    except Exception as e:  # capture refused: measure it without graphs, and say so
+        if not cuda_graph:
+            raise
+        cuda_graph, why = False, str(e).splitlines()[0][:160]
+        model = make_model(False)
+        results = [timed_run(model)]
+    results += [timed_run(model) for _ in range(runs)]
+    summary = _summary(results[1:], len(prompts), ep)
+    summary["cuda_graph"] = cuda_graph
+    if ep == "cuda" and not cuda_graph:
+        summary["note"] = f"CUDA graph refused: {why}"
+    return summary
 
 
 def _summary(results, batch: int, ep: str) -> dict:
@@ -190,7 +206,8 @@ def main(argv=None) -> int:
             print(f"{engine:<14} failed: {r['error']}")
             continue
         mem = f"{r['device_memory_mb']:.0f}" if r.get("device_memory_mb") else "n/a"
-        print(f"{engine:<14}{r['ttft_ms']:>10.2f}{r['tpot_ms']:>10.3f}{r['tokens_per_s']:>11.1f}{mem:>11}")
+        print(f"{engine:<14}{r['ttft_ms']:>10.2f}{r['tpot_ms']:>10.3f}{r['tokens_per_s']:>11.1f}{mem:>11}"
+              + (f"   ({r['note']})" if r.get("note") else ""))
     print(f"{'floor':<14}{'':>10}{floor_ms:>10.3f}   (weights {weight_bytes(layout) / 1e6:.0f} MB / copy bandwidth "
           f"{bandwidth / 1e9:.0f} GB/s)")
     if args.json:
