@@ -47,6 +47,7 @@ class Lfm2Model:
         inputs = {i.name: i.type for i in self.session.get_inputs()}
         self._cache_type = next((inputs[n] for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
         self._logits_type = self.session.get_outputs()[0].type
+        self.head = _logits_head(self._logits_type, ep)
         self._caches: dict[int, DeviceCaches] = {}  # by batch size; buffers never move once captured
         self._graph_ids: dict[int, int] = {}
         self.generation_defaults = _read_generation_config(layout.folder)
@@ -136,14 +137,15 @@ class Lfm2Model:
                     done=np.zeros(batch, dtype=bool), generated=[[] for _ in prompts])
         self._last_step = step
 
-        logits, parity = self._prefill(prompts, caches)  # parity: the conv buffer holding the state
+        parity = self._prefill(prompts, caches)  # parity: the conv buffer holding the state
         caches.host_mask[:] = 0
         for row, prompt in enumerate(prompts):
             caches.host_mask[row, :len(prompt)] = 1
         plain_greedy = params.greedy and not penalised
         eos = np.array(self.layout.eos_token_ids or [-1])
         for produced in range(max_new_tokens):
-            tokens = np.argmax(logits, axis=-1) if plain_greedy else sampler(logits)
+            # Greedy copies B token ids from the device; sampling copies the float32 scores.
+            tokens = caches.greedy.numpy() if plain_greedy else sampler(caches.scores.numpy())
             tokens = np.where(step.done, self.layout.pad_token_id, tokens)
             finished = np.isin(tokens, eos) & ~step.done
             for row in np.flatnonzero(~step.done & ~finished):
@@ -155,7 +157,7 @@ class Lfm2Model:
             yield tokens
             if step.done.all() or produced == max_new_tokens - 1:
                 return
-            logits = self._decode(tokens, step.lengths, caches, parity)
+            self._decode(tokens, step.lengths, caches, parity)
             step.lengths += 1
             parity = 1 - parity
 
@@ -178,6 +180,15 @@ class Lfm2Model:
         caches.logits = OrtValue.ortvalue_from_numpy(np.zeros((batch, 1, self.layout.vocab_size), dtype),
                                                      self.device, 0)
         caches.host_mask = np.zeros((batch, self.capacity), np.int64)
+        caches.scores = OrtValue.ortvalue_from_numpy(np.zeros((batch, self.layout.vocab_size), np.float32),
+                                                     self.device, 0)
+        caches.greedy = OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), self.device, 0)
+        caches.head_binding = self.head.io_binding()
+        caches.head_binding.bind_ortvalue_input("logits", caches.logits)
+        caches.head_binding.bind_ortvalue_input(
+            "positions", OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), self.device, 0))
+        caches.head_binding.bind_ortvalue_output("scores", caches.scores)
+        caches.head_binding.bind_ortvalue_output("greedy", caches.greedy)
         caches.bindings, caches.run_options = [], []
         for parity in (0, 1):
             binding = self.session.io_binding()
@@ -196,54 +207,51 @@ class Lfm2Model:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))
         return options
 
-    def _prefill(self, prompts: list[list[int]], caches: DeviceCaches) -> tuple[np.ndarray, int]:
+    def _prefill(self, prompts: list[list[int]], caches: DeviceCaches) -> int:
         """Right-padded prompts in one run (chunks for a long single prompt).
 
-        Returns last-position logits [B, V] and the conv buffer that now holds the state. Buffers are
-        never swapped: a captured CUDA graph keeps the addresses it was recorded with.
+        Leaves each row's last-position scores in caches.scores / caches.greedy and returns the conv
+        buffer that now holds the state. Buffers are never swapped: a captured CUDA graph keeps
+        the addresses it was recorded with.
         """
         batch, width = len(prompts), max(len(p) for p in prompts)
         ids = np.full((batch, width), self.layout.pad_token_id, dtype=np.int64)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        lengths = np.array([len(p) for p in prompts])
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         # Chunks keep the activations and the [B, S, vocab] logits small; GroupQueryAttention needs
         # every row full in all but the last chunk, so batches of unequal prompts run in one go.
         chunk = PREFILL_CHUNK if (lengths == width).all() else width
-        parity, last_logits = 0, None
+        parity = 0
         for start in range(0, width, chunk):
             piece = ids[:, start:start + chunk]
-            mask = np.zeros((batch, start + piece.shape[1]), dtype=np.int64)
-            for row, n in enumerate(lengths):
-                mask[row, :n] = 1
+            mask = (np.arange(start + piece.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
             binding = self.session.io_binding()
             binding.bind_cpu_input("input_ids", piece)
             binding.bind_cpu_input("attention_mask", mask)
             binding.bind_output("logits", self.device)  # first: get_outputs() follows binding order
             caches.bind(binding, parity)
             self.session.run_with_iobinding(binding, self._run_options(-1))
-            logits = binding.get_outputs()[0].numpy()
-            if start + piece.shape[1] >= lengths.min():
-                last = np.clip(lengths - 1 - start, 0, piece.shape[1] - 1)
-                rows = logits[np.arange(batch), last]
-                if last_logits is None:
-                    last_logits = rows.copy()
-                inside = (lengths - 1 >= start) & (lengths - 1 < start + piece.shape[1])
-                last_logits[inside] = rows[inside]
             parity = 1 - parity
-        return last_logits.astype(np.float32), parity
+        head = self.head.io_binding()  # every row ends in the last chunk (chunks only when rows are equal)
+        head.bind_ortvalue_input("logits", binding.get_outputs()[0])
+        head.bind_cpu_input("positions", lengths - 1 - start)
+        head.bind_ortvalue_output("scores", caches.scores)
+        head.bind_ortvalue_output("greedy", caches.greedy)
+        self.head.run_with_iobinding(head)
+        return parity
 
-    def _decode(self, tokens: np.ndarray, lengths: np.ndarray, caches: DeviceCaches, parity: int) -> np.ndarray:
-        """One token per row at position lengths[row]; returns logits [B, V].
+    def _decode(self, tokens: np.ndarray, lengths: np.ndarray, caches: DeviceCaches, parity: int) -> None:
+        """One token per row at position lengths[row]; the scores land in caches.scores / .greedy.
 
         The fixed-width mask gains one column of ones per row; only the token ids and the mask are
-        copied in, only the logits copied out.
+        copied in, only the chosen ids (or the scores, when sampling) copied out.
         """
         caches.input_ids.update_inplace(tokens.reshape(-1, 1).astype(np.int64, copy=False))
         caches.host_mask[np.arange(len(tokens)), lengths] = 1
         caches.mask.update_inplace(caches.host_mask)
         self.session.run_with_iobinding(caches.bindings[parity], caches.run_options[parity])
-        return caches.logits.numpy()[:, -1]
+        self.head.run_with_iobinding(caches.head_binding)
 
     # -- streaming ------------------------------------------------------------------------------
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
@@ -265,6 +273,18 @@ class Lfm2Model:
         out, _, _ = _release(emitted, held, stop, final=True)
         if out:
             yield out
+
+
+def _logits_head(logits_type: str, ep: str):
+    """The small device-side session that turns decoder logits into scores and argmax."""
+    import onnxruntime as ort
+
+    name = "fp16" if logits_type == "tensor(float16)" else "fp32"
+    path = Path(__file__).parent / "assets" / f"logits_head_{name}.onnx"
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if ep == "cuda" else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def _release(emitted: str, held: str, stop: list[str], final: bool = False) -> tuple[str, str, bool]:
