@@ -2,11 +2,15 @@
 
     python -m lfm2_onnx.generate lfm2-350m-onnx --prompt "Tell me a story" --stream
     python -m lfm2_onnx.generate lfm2-350m-onnx --chat            # interactive, keeps the history
+    python -m lfm2_onnx.generate lfm2-350m-onnx --chat --tools tools.json   # the model may call tools;
+                                                                   # you type each tool's result
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
 
@@ -17,6 +21,7 @@ def parser() -> ArgumentParser:
     p.add_argument("--prompt", help="the prompt (with --chat: the first user message)")
     p.add_argument("--chat", action="store_true", help="use the chat template; interactive unless --prompt is given")
     p.add_argument("--system", help="system prompt for --chat")
+    p.add_argument("--tools", type=Path, help="JSON file with a list of tools (OpenAI function format), for --chat")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--max-new-tokens", type=int, default=256)
@@ -51,11 +56,66 @@ def _say(model, prompt, args) -> str:
     return text
 
 
+def _read_tools(path: Path | None) -> list[dict] | None:
+    if path is None:
+        return None
+    try:
+        tools = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; --tools takes a JSON file with a list of tools") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: not valid JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise UserError(f"{path}: expected a JSON list of tool objects ({{\"type\": \"function\", \"function\": ...}})")
+    return tools
+
+
+def _chat_turn(model, history: list[dict], tools, args) -> dict:
+    """One assistant reply, shown as it comes (with --stream) or at the end."""
+    from .chat import ContentDelta, ReasoningDelta
+
+    options = {k: v for k, v in _sampling(args).items()}
+    if not args.stream:
+        reply = model.chat(history, tools=tools, **options)
+        if reply.get("reasoning_content"):
+            print(f"[thinking] {reply['reasoning_content']}")
+        print(reply.get("content") or "")
+        return reply
+    stream = model.chat(history, tools=tools, stream=True, **options)
+    thinking = False
+    for event in stream:
+        if isinstance(event, ReasoningDelta):
+            print(("" if thinking else "[thinking] ") + event.text, end="", flush=True)
+            thinking = True
+        elif isinstance(event, ContentDelta):
+            print(("\n" if thinking else "") + event.text, end="", flush=True)
+            thinking = False
+    print()
+    return stream.message
+
+
+def _run_tool_calls(reply: dict, history: list[dict]) -> bool:
+    """Show the calls, read each result from the user; False when there were none."""
+    calls = reply.get("tool_calls") or []
+    for call in calls:
+        fn = call["function"]
+        print(f"[tool call] {fn['name']}({fn['arguments']})")
+        try:
+            result = input(f"result of {fn['name']}> ")
+        except EOFError:
+            result = ""
+        history.append({"role": "tool", "tool_call_id": call["id"], "name": fn["name"], "content": result})
+    return bool(calls)
+
+
 @cli_entry
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     if not args.chat and args.prompt is None:
         raise UserError("give --prompt TEXT, or --chat for an interactive conversation")
+    if args.tools and not args.chat:
+        raise UserError("--tools needs --chat")
+    tools = _read_tools(args.tools)
     from .generation import Lfm2Model
 
     model = Lfm2Model.load(args.folder, ep=args.ep, max_length=args.max_length)
@@ -73,9 +133,12 @@ def main(argv=None) -> int:
             if pending.strip() in ("/exit", "/quit"):
                 return 0
         history.append({"role": "user", "content": pending})
-        print("assistant> ", end="", flush=True)
-        reply = _say(model, history, args)
-        history.append({"role": "assistant", "content": reply})
+        while True:  # the model may call tools several times before it answers
+            print("assistant> ", end="", flush=True)
+            reply = _chat_turn(model, history, tools, args)
+            history.append(reply)
+            if not _run_tool_calls(reply, history):
+                break
         if args.prompt is not None and not sys.stdin.isatty():
             return 0  # one-shot --chat --prompt without a terminal
         pending = None

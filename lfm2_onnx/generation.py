@@ -51,6 +51,8 @@ class Lfm2Model:
         self._caches: dict[int, DeviceCaches] = {}  # by batch size; buffers never move once captured
         self._graph_ids: dict[int, int] = {}
         self.generation_defaults = _read_generation_config(layout.folder)
+        self._chat_template: str | None = None
+        self._special_tokens: dict = {}
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -88,10 +90,7 @@ class Lfm2Model:
         if isinstance(prompt, str):
             return self.codec.encode(prompt)
         if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt):
-            from .chat import load_chat_template, render_chat
-
-            text = render_chat(load_chat_template(self.layout.folder), prompt, add_generation_prompt=True)
-            return self.codec.encode(text, add_special_tokens=False)  # the template writes <|startoftext|>
+            return self.chat_prompt(prompt)[0]  # the template writes <|startoftext|> itself
         if isinstance(prompt, list) and all(isinstance(t, (int, np.integer)) for t in prompt):
             return [int(t) for t in prompt]
         raise UserError("a prompt is a string, a list of chat messages ({'role', 'content'}) or a list of token ids")
@@ -254,14 +253,15 @@ class Lfm2Model:
         self.head.run_with_iobinding(caches.head_binding)
 
     # -- streaming ------------------------------------------------------------------------------
-    def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams,
-                     stop: list[str]) -> Iterator[str]:
-        decoder = IncrementalDecoder(self.codec)
+    def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
+                     *, skip_special_tokens: bool = True) -> Iterator[str]:
+        decoder = IncrementalDecoder(self.codec, skip_special_tokens=skip_special_tokens)
         emitted, held = "", ""
-        for tokens in self.steps([ids], max_new_tokens, params):
-            if self._last_step.done[0] and not self._last_step.generated[0][len(decoder.ids):]:
+        for _tokens in self.steps([ids], max_new_tokens, params):
+            new = self._last_step.generated[0][len(decoder.ids):]
+            if self._last_step.done[0] and not new:
                 break
-            for token in self._last_step.generated[0][len(decoder.ids):]:
+            for token in new:
                 held += decoder.push(token)
             out, held, hit = _release(emitted, held, stop)
             emitted += out
@@ -273,6 +273,55 @@ class Lfm2Model:
         out, _, _ = _release(emitted, held, stop, final=True)
         if out:
             yield out
+
+    # -- chat -----------------------------------------------------------------------------------
+    def chat(self, messages: list[dict], *, tools: list[dict] | None = None, stream: bool = False,
+             max_new_tokens: int = 512, preset: str | None = None, temperature: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, min_p: float | None = None,
+             repetition_penalty: float | None = None, seed: int | None = None, stop: list[str] | None = None):
+        """The assistant's reply to a conversation, as an OpenAI-style message.
+
+        Returns {"role": "assistant", "content", "tool_calls"?, "reasoning_content"?}; with
+        stream=True a ChatStream: iterate it for ContentDelta / ReasoningDelta / ToolCallEvent
+        events, then read .message (equal to the non-streamed reply).
+        """
+        from .chat import ChatStreamParser, parse_assistant_message
+
+        ids, reasoning_started = self.chat_prompt(messages, tools)
+        params = self.sampling_params(preset, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                      repetition_penalty=repetition_penalty, seed=seed)
+        # Special tokens stay in the text: <|tool_call_start|> is one, in LFM2's tokenizer.
+        deltas = self._stream_text(ids, max_new_tokens, params, stop or [], skip_special_tokens=False)
+        if stream:
+            return ChatStream(deltas, ChatStreamParser(reasoning_started=reasoning_started))
+        return parse_assistant_message("".join(deltas), reasoning_started=reasoning_started)
+
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], bool]:
+        """Token ids of the rendered conversation, and whether the prompt already opened <think>."""
+        from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
+            template_renders_tool_calls
+
+        if self._chat_template is None:
+            self._chat_template = load_chat_template(self.layout.folder)
+            self._special_tokens = load_special_tokens(self.layout.folder)
+        template = self._chat_template
+        # Templates that ignore an assistant turn's tool_calls get them written into its content.
+        text = render_chat(template, messages, tools=tools, add_generation_prompt=True,
+                           inline_tool_calls=not template_renders_tool_calls(template), **self._special_tokens)
+        return self.codec.encode(text, add_special_tokens=False), text.rstrip().endswith(THINK_START)
+
+
+class ChatStream:
+    """Events of a streamed chat reply; .message holds the assembled reply once iterated."""
+
+    def __init__(self, deltas: Iterator[str], parser):
+        self._deltas, self._parser, self.message = deltas, parser, None
+
+    def __iter__(self):
+        for delta in self._deltas:
+            yield from self._parser.feed(delta)
+        yield from self._parser.finish()
+        self.message = self._parser.final_message()
 
 
 def _logits_head(logits_type: str, ep: str):
