@@ -175,3 +175,19 @@ def test_cuda_graph_tokens_equal_cpu(factory, tiny_checkpoint):
     for prompts in ([PROMPTS[0]], PROMPTS):
         assert gpu.generate_ids(prompts, 24) == plain.generate_ids(prompts, 24)
         assert gpu.generate_ids(prompts, 24) == plain.generate_ids(prompts, 24)  # replayed graphs
+
+
+def test_loads_onnxruntime_genai_builder_folders(tiny_checkpoint, tiny_export, tmp_path):
+    """A folder from onnxruntime-genai's own builder (past.%d.conv names, symbolic cache dims) runs too."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("onnxruntime_genai")
+    out = tmp_path / "genai"
+    subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(tiny_checkpoint), "-o",
+                    str(out), "-p", "fp32", "-e", "cpu", "-c", str(tmp_path / "cache")],
+                   check=True, capture_output=True)
+    assert json.loads((out / "genai_config.json").read_text())["model"]["decoder"]["inputs"]["past_conv_names"] \
+        == "past.%d.conv"
+    theirs = Lfm2Model.load(out, max_length=128).generate_ids([PROMPTS[0]], 16)
+    assert theirs == Lfm2Model.load(tiny_export, max_length=128).generate_ids([PROMPTS[0]], 16)
