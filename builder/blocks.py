@@ -14,23 +14,37 @@ import torch
 
 from .graph import GraphBuilder
 from .options import BuildOptions
+from .quantize import QuantizedMatrix, Scheme, add_quantized_weight
 from .spec import Lfm2Spec
 from .weights import Checkpoint, to_numpy
 
 MS = "com.microsoft"
 
+# Projections stored as one matrix: fused name -> the HF weights it stacks along the output dim.
+FUSED_LINEARS = {
+    "self_attn.qkv_proj": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "feed_forward.w1_w3": ("feed_forward.w1", "feed_forward.w3"),
+}
+
 
 class Weights:
-    """Initializers from the checkpoint, in the layout the graph wants, loaded only when written."""
+    """Initializers from the checkpoint, in the layout the graph wants, loaded only when written.
+
+    Asking twice for the same name returns the same initializer (a tied table is stored once).
+    """
 
     def __init__(self, g: GraphBuilder, ckpt: Checkpoint, opts: BuildOptions):
         self.g, self.ckpt, self.opts = g, ckpt, opts
+        self._made: dict[str, ir.Value | QuantizedMatrix] = {}
 
     def _add(self, name: str, shape: tuple[int, ...], load) -> ir.Value:
-        return self.g.weight(name, self.opts.io_dtype, shape, lambda: to_numpy(load(), self.opts.precision))
+        return self.g.weight(name, self.opts.io_dtype, shape, lambda: to_numpy(load(), self.opts.float_precision))
 
     def tensor(self, name: str, as_name: str | None = None) -> ir.Value:
-        return self._add(as_name or name, self.ckpt.shape(name), lambda: self.ckpt.load(name))
+        key = as_name or name
+        if key not in self._made:
+            self._made[key] = self._add(key, self.ckpt.shape(name), lambda: self.ckpt.load(name))
+        return self._made[key]
 
     def linear(self, as_name: str, *names: str) -> ir.Value:
         """MatMul weight [in, out]: HF stores [out, in]; several names fuse along out (QKV, gate|up)."""
@@ -40,6 +54,17 @@ class Weights:
     def bias(self, as_name: str, *names: str) -> ir.Value:
         shape = (sum(self.ckpt.shape(n)[0] for n in names),)
         return self._add(as_name, shape, lambda: torch.cat([self.ckpt.load(n) for n in names]))
+
+    def quantized(self, as_name: str, *names: str, bits: int) -> QuantizedMatrix:
+        """HF [out, in] weights (several fuse along out), block-quantized along in."""
+        key = f"{as_name}_Q{bits}"
+        if key not in self._made:
+            n, k = sum(self.ckpt.shape(name)[0] for name in names), self.ckpt.shape(names[0])[1]
+            scheme = Scheme(bits, self.opts.block_size, self.opts.symmetric)
+            self._made[key] = add_quantized_weight(
+                self.g, as_name, n, k, scheme, self.opts.io_dtype,
+                lambda: to_numpy(torch.cat([self.ckpt.load(name) for name in names]), self.opts.float_precision))
+        return self._made[key]
 
 
 @dataclass
@@ -105,9 +130,42 @@ def conv_state_index(ctx: Context, input_ids: ir.Value, attention_mask: ir.Value
                                     name="state_index")
 
 
+def linear(ctx: Context, x: ir.Value, prefix: str, proj: str, name: str) -> ir.Value:
+    """x @ W.T for the projection `prefix.proj` (fused ones per FUSED_LINEARS): MatMul, or MatMulNBits."""
+    names = [f"{prefix}.{part}.weight" for part in FUSED_LINEARS.get(proj, (proj,))]
+    as_name = f"{prefix}.{proj}.weight"
+    if ctx.opts.bits is None:
+        return ctx.g.op("MatMul", x, ctx.w.linear(as_name, *names), name=name)
+    return matmul_nbits(ctx, x, ctx.w.quantized(as_name, *names, bits=ctx.opts.bits), name)
+
+
+def matmul_nbits(ctx: Context, x: ir.Value, weight: QuantizedMatrix, name: str) -> ir.Value:
+    # accuracy_level 0 is "unset": left out, as onnxruntime's quantizer does (not every EP knows it).
+    return ctx.g.op("MatMulNBits", x, *weight.inputs, domain=MS, K=weight.k, N=weight.n, bits=weight.scheme.bits,
+                    block_size=weight.scheme.block_size, accuracy_level=ctx.opts.accuracy_level or None, name=name)
+
+
+def _vocab_table(ctx: Context, name: str) -> QuantizedMatrix:
+    """A quantized [vocab, hidden] table: already MatMulNBits' B orientation, so one table serves both ends."""
+    return ctx.w.quantized(name, name, bits=ctx.opts.lm_head_bits)
+
+
 def embeddings(ctx: Context, input_ids: ir.Value) -> ir.Value:
-    table = ctx.w.tensor("model.embed_tokens.weight")
-    return ctx.g.op("Gather", table, input_ids, axis=0, name="embed_tokens")
+    name = "model.embed_tokens.weight"
+    if ctx.opts.lm_head_bits is None:
+        return ctx.g.op("Gather", ctx.w.tensor(name), input_ids, axis=0, name="embed_tokens")
+    return _gather_quantized_rows(ctx, _vocab_table(ctx, name), input_ids)
+
+
+def _gather_quantized_rows(ctx: Context, table: QuantizedMatrix, input_ids: ir.Value) -> ir.Value:
+    """GatherBlockQuantized over MatMulNBits' B viewed as [vocab, blocks * blob] (a Reshape: same bytes)."""
+    g = ctx.g
+    rows = g.op("Reshape", table.packed, g.i64(table.n, -1), name="table_rows")
+    hidden = g.op("GatherBlockQuantized", rows, input_ids, *table.inputs[1:], domain=MS, bits=table.scheme.bits,
+                  block_size=table.scheme.block_size, gather_axis=0, quantize_axis=1, name="embed_tokens")
+    if table.padded_k != table.k:  # rows are padded to whole blocks
+        hidden = g.op("Slice", hidden, g.i64(0), g.i64(table.k), g.i64(-1), name="unpad")
+    return hidden
 
 
 def rms_norm(ctx: Context, x: ir.Value, weight: str) -> ir.Value:
@@ -137,8 +195,7 @@ def attention(ctx: Context, i: int, h: ir.Value, past_key: ir.Value, past_value:
     g, spec, w = ctx.g, ctx.spec, ctx.w
     p = f"model.layers.{i}.self_attn"
     q_size, kv_size = spec.num_attention_heads * spec.head_dim, spec.num_key_value_heads * spec.head_dim
-    qkv = g.op("MatMul", h, w.linear(f"{p}.qkv_proj.weight", f"{p}.q_proj.weight", f"{p}.k_proj.weight",
-                                     f"{p}.v_proj.weight"), name="qkv_proj")
+    qkv = linear(ctx, h, f"model.layers.{i}", "self_attn.qkv_proj", name="qkv_proj")
     if ctx.opts.fuse_qk_norm:
         # Packed QKV; GQA applies the per-head norms before rotary.
         query, key, value = qkv, None, None
@@ -156,8 +213,7 @@ def attention(ctx: Context, i: int, h: ir.Value, past_key: ir.Value, past_value:
         ctx.cos_cache, ctx.sin_cache, *([None] * 5 + norms if norms else []), domain=MS, outputs=3,
         num_heads=spec.num_attention_heads, kv_num_heads=spec.num_key_value_heads, do_rotary=1,
         rotary_interleaved=0, qk_norm_epsilon=spec.norm_eps if norms else None, name="gqa")
-    return g.op("MatMul", out, w.linear(f"{p}.out_proj.weight", f"{p}.out_proj.weight"),
-                name="out_proj"), present_key, present_value
+    return linear(ctx, out, p, "out_proj", name="out_proj"), present_key, present_value
 
 
 def short_conv(ctx: Context, i: int, h: ir.Value, past_conv: ir.Value):
@@ -165,7 +221,7 @@ def short_conv(ctx: Context, i: int, h: ir.Value, past_conv: ir.Value):
     g, spec, w = ctx.g, ctx.spec, ctx.w
     p = f"model.layers.{i}.conv"
     hs = spec.hidden_size
-    bcx = g.op("MatMul", h, w.linear(f"{p}.in_proj.weight", f"{p}.in_proj.weight"), name="in_proj")
+    bcx = linear(ctx, h, p, "in_proj", name="in_proj")
     if spec.conv_bias:
         bcx = g.op("Add", bcx, w.bias(f"{p}.in_proj.bias", f"{p}.in_proj.bias"), name="in_proj_bias")
     b, c, x = g.op("Split", bcx, g.i64(hs, hs, hs), axis=-1, outputs=3, name="split_bcx")
@@ -178,7 +234,7 @@ def short_conv(ctx: Context, i: int, h: ir.Value, past_conv: ir.Value):
     history = g.op("Concat", past_conv, bx, axis=2, name="state_history")
     present_conv = g.op("GatherElements", history, ctx.conv_state_index, axis=2, name="present_state")
     y = g.op("Mul", c, g.op("Transpose", conv, perm=[0, 2, 1], name="to_channels_last"), name="gate_c")
-    out = g.op("MatMul", y, w.linear(f"{p}.out_proj.weight", f"{p}.out_proj.weight"), name="out_proj")
+    out = linear(ctx, y, p, "out_proj", name="out_proj")
     if spec.conv_bias:
         out = g.op("Add", out, w.bias(f"{p}.out_proj.bias", f"{p}.out_proj.bias"), name="out_proj_bias")
     return out, present_conv
@@ -186,20 +242,25 @@ def short_conv(ctx: Context, i: int, h: ir.Value, past_conv: ir.Value):
 
 def mlp(ctx: Context, i: int, h: ir.Value) -> ir.Value:
     """SwiGLU: w2(silu(w1 x) * w3 x), with w1|w3 fused into one MatMul."""
-    g, w = ctx.g, ctx.w
-    p = f"model.layers.{i}.feed_forward"
+    g = ctx.g
     ff = ctx.spec.intermediate_size
-    gate_up = g.op("MatMul", h, w.linear(f"{p}.w1_w3.weight", f"{p}.w1.weight", f"{p}.w3.weight"), name="gate_up")
+    gate_up = linear(ctx, h, f"model.layers.{i}", "feed_forward.w1_w3", name="gate_up")
     gate, up = g.op("Split", gate_up, g.i64(ff, ff), axis=-1, outputs=2)
     act = g.op("QuickGelu", gate, domain=MS, alpha=1.0, name="silu")  # x * sigmoid(1.0 * x)
-    return g.op("MatMul", g.op("Mul", act, up), w.linear(f"{p}.w2.weight", f"{p}.w2.weight"), name="down")
+    return linear(ctx, g.op("Mul", act, up), f"model.layers.{i}.feed_forward", "w2", name="down")
 
 
 def lm_head(ctx: Context, h: ir.Value, input_ids: ir.Value) -> ir.Value:
-    """Gemm with transB over the [vocab, hidden] table: tied models share it with the embedding."""
+    """h @ table.T over the [vocab, hidden] table: tied models share it with the embedding.
+
+    Quantized: MatMulNBits over the same quantized table the embedding gathers from. Float: Gemm
+    with transB (MatMul would need the table transposed, a second copy).
+    """
     g, spec = ctx.g, ctx.spec
     name = "model.embed_tokens.weight" if spec.tie_word_embeddings else "lm_head.weight"
-    table = next((v for v in g.graph.initializers.values() if v.name == name), None) or ctx.w.tensor(name)
+    if ctx.opts.lm_head_bits is not None:
+        return matmul_nbits(ctx, h, _vocab_table(ctx, name), name="lm_head")
+    table = ctx.w.tensor(name)
     rows = g.op("Reshape", h, g.i64(-1, spec.hidden_size))
     logits = g.op("Gemm", rows, table, transB=1, name="lm_head")
     shape = g.op("Concat", g.op("Shape", input_ids), g.i64(spec.vocab_size), axis=0)

@@ -113,7 +113,7 @@ def _client_config(config: dict, spec: Lfm2Spec, opts: BuildOptions, chunks: int
     config["layer_types"] = list(spec.layer_types)  # transformers.js sizes caches from layer_types
     config.setdefault("model_type", "lfm2")
     js = dict(config.get("transformers.js_config") or {})
-    js["dtype"] = opts.precision
+    js["dtype"] = opts.js_dtype  # q4, q8, q4f16: the file transformers.js loads
     data = dict(js.get("use_external_data_format") or {})
     if chunks:
         data[Path(opts.onnx_file).name] = chunks

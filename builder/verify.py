@@ -8,6 +8,7 @@ agreeing argmaxes at every step mean free-running greedy decoding yields the sam
 
 from __future__ import annotations
 
+import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from lfm2_onnx.stepper import Stepper
+from lfm2_onnx.stepper import Stepper, read_genai_config
+
+from .blocks import FUSED_LINEARS
+from .quantize import read_quantized_weights
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -33,7 +37,16 @@ THRESHOLDS = {
     "fp32": {"max_abs": 1e-4, "mean_kl": 1e-6, "top1": 1.0, "tie_margin": 0.0},
     "fp16": {"max_abs": None, "mean_kl": 5e-3, "top1": 1.0, "tie_margin": 0.1},
     "bf16": {"max_abs": None, "mean_kl": 3e-2, "top1": 0.99, "tie_margin": 0.5},
+    # MatMulNBits accuracy_level 4 (the CPU default): activations quantized to int8 per block.
+    # Measured against the export's own dequantized weights: mean KL 5e-4 (tiny), 3.5e-2
+    # (LFM2-350M-shaped random weights), top-1 100% wherever the lead exceeds 0.25 std.
+    "int8_act": {"max_abs": None, "mean_kl": 0.1, "top1": 1.0, "tie_margin": 0.25},
 }
+# Quantized exports are judged against transformers running the export's own dequantized weights
+# (dequantized_reference), so what is left to judge is the arithmetic: MatMulNBits accuracy_level
+# -> its compute type; fp16 activations (q4f16, q8f16) take fp16's thresholds whatever the level.
+_ACCURACY_LEVEL_KEYS = {0: "fp32", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8_act"}
+_FP16_ACTIVATION_DTYPES = ("q4f16", "q8f16")
 
 
 @dataclass
@@ -86,7 +99,7 @@ class Report:
                 return False
         return self.precision != "fp32" or all(self.greedy_match)
 
-    def table(self) -> str:
+    def table(self, verdict: bool = True) -> str:
         t = THRESHOLDS[self.precision]
         lines = [f"{'phase':<22}{'max|Δlogit|':>13}{'logit std':>11}{'mean KL':>12}{'top-1':>9}{'top-1*':>9}"]
         for p in self.phases:
@@ -94,6 +107,8 @@ class Report:
                          f"{p.decisive_top1(_margin(t, p)):>9.1%}")
         matched = sum(self.greedy_match)
         lines.append(f"greedy match: {matched}/{len(self.greedy_match)} prompts identical over {self.steps} tokens")
+        if not verdict:
+            return "\n".join(lines)
         names = {"max_abs": "max|Δ|/max(1, std)", "mean_kl": "mean KL", "top1": "top-1*"}
         limits = ", ".join(f"{names[k]} {'≥' if k == 'top1' else '≤'} {v:g}" for k, v in t.items()
                            if v is not None and k in names)
@@ -136,10 +151,70 @@ def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, lis
     return prefill, step_logits, tokens
 
 
+def quantized_dtype(folder: Path) -> str | None:
+    """q4, q8, q4f16 or q8f16 for a quantized export (config.json's transformers.js dtype), else None."""
+    config = Path(folder) / "config.json"
+    if not config.exists():
+        return None
+    dtype = (json.loads(config.read_text()).get("transformers.js_config") or {}).get("dtype")
+    return dtype if dtype in ("q4", "q8", *_FP16_ACTIVATION_DTYPES) else None
+
+
+def _thresholds_key(folder: Path, stepper: Stepper) -> str:
+    """Float exports: their activation precision. Quantized ones: MatMulNBits' compute type."""
+    dtype = quantized_dtype(folder)
+    if dtype is None:
+        return stepper.precision
+    if dtype in _FP16_ACTIVATION_DTYPES:
+        return "fp16"
+    import onnx
+
+    graph = onnx.load(str(stepper.path), load_external_data=False).graph
+    levels = [a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"]
+    return _ACCURACY_LEVEL_KEYS[max(levels, default=0)]
+
+
+def dequantized_reference(folder: Path, checkpoint: Path):
+    """transformers' model with each quantized weight replaced by the export's dequantized value.
+
+    The export computes with exactly these weights, so at MatMulNBits accuracy_level 1 (fp32
+    compute) it must match this model to fp32 rounding. Returns (model, names of the replaced
+    parameters).
+    """
+    model = load_reference(checkpoint)
+    state = model.state_dict()  # shares storage with the parameters (and ties embed/lm_head)
+    onnx_path = Path(folder) / read_genai_config(folder)["model"]["decoder"]["filename"]
+    weights = _split_fused(read_quantized_weights(onnx_path), {k: tuple(v.shape) for k, v in state.items()})
+    with torch.no_grad():
+        for name, weight in weights.items():
+            target = state[name]
+            value = torch.from_numpy(np.ascontiguousarray(weight[:, : target.shape[1]]))  # drop block padding
+            if tuple(value.shape) != tuple(target.shape):
+                raise AssertionError(f"{name}: export holds {tuple(value.shape)}, model has {tuple(target.shape)}")
+            target.copy_(value)
+    return model, sorted(weights)
+
+
+def _split_fused(weights: dict[str, np.ndarray], shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+    """Fused projections (qkv_proj, w1_w3) back into the HF weights they stack along the output dim."""
+    split = {}
+    for name, weight in weights.items():
+        base = name.removesuffix(".weight")
+        fused = next((f for f in FUSED_LINEARS if base.endswith("." + f)), None)
+        if fused is None:
+            split[name] = weight
+            continue
+        prefix = base[: -len(fused) - 1]
+        names = [f"{prefix}.{part}.weight" for part in FUSED_LINEARS[fused]]
+        bounds = np.cumsum([shapes[n][0] for n in names])[:-1]
+        split.update(zip(names, np.split(weight, bounds)))
+    return split
+
+
 def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: int = 32, ep: str = "cpu",
             reference=None) -> Report:
     stepper = Stepper(folder, ep=ep)
-    precision = stepper.precision
+    precision = _thresholds_key(folder, stepper)
     model = reference if reference is not None else load_reference(checkpoint)
     refs = [reference_run(model, p, steps) for p in prompts]
 
@@ -169,7 +244,28 @@ def tokenize_prompts(folder: Path, texts) -> list[list[int]]:
 def run_verification(folder: Path, checkpoint: Path, *, ep: str = "cpu", texts=DEFAULT_PROMPTS,
                      steps: int = 32) -> int:
     prompts = tokenize_prompts(folder, texts)
-    report = compare(folder, checkpoint, prompts, steps=steps, ep=ep)
+    if quantized_dtype(folder) is None:
+        report = compare(folder, checkpoint, prompts, steps=steps, ep=ep)
+        print(report.table())
+        sys.stdout.flush()
+        return 0 if report.passed else 1
+    return _verify_quantized(folder, checkpoint, prompts, ep=ep, steps=steps)
+
+
+def _verify_quantized(folder: Path, checkpoint: Path, prompts: list[list[int]], *, ep: str, steps: int) -> int:
+    """Judge the export against its own dequantized weights; report the quantization error beside it.
+
+    How far int4 weights move the logits depends on the weights (random ones, with no margin in
+    their logits, lose almost every argmax at LFM2-350M's depth), so only the export's arithmetic
+    is judged; the distance from the unquantized model is printed for information.
+    """
+    model, _ = dequantized_reference(folder, checkpoint)
+    report = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=model)
+    del model
+    print("against transformers running the export's dequantized weights (judged):")
     print(report.table())
+    unquantized = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=load_reference(checkpoint))
+    print("\nagainst the unquantized checkpoint (the quantization's own error; not judged):")
+    print(unquantized.table(verdict=False))
     sys.stdout.flush()
     return 0 if report.passed else 1

@@ -14,21 +14,30 @@ from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
 
-PRECISIONS = ("fp32", "fp16", "bf16")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
 EPS = ("cpu", "cuda")
 
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.build", description=__doc__.split("\n\n")[0],
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="Output: onnx/model{,_fp16,_bf16}.onnx + external data, genai_config.json, "
-                              "config.json, tokenizer and chat template files.")
+                       epilog="Output: onnx/model{,_fp16,_bf16,_quantized,_q4,_q4f16,_q8f16}.onnx + external data, "
+                              "genai_config.json, config.json, tokenizer and chat template files.")
     src = p.add_argument_group("source (one of)")
     src.add_argument("-m", "--model", help="Hugging Face Hub id (e.g. LiquidAI/LFM2-350M) or lfm2-tiny-random")
     src.add_argument("-i", "--input", help="local checkpoint folder (config.json + *.safetensors)")
     p.add_argument("-o", "--output", required=True, help="export folder to create")
     p.add_argument("-p", "--precision", help=f"one of {', '.join(PRECISIONS)} (default: fp32 for cpu, fp16 for cuda)")
     p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EPS)} (default: cpu)")
+    q = p.add_argument_group("quantization (-p int8, -p int4: weight-only, MatMulNBits)")
+    q.add_argument("--block-size", type=int, help="weights per scale along the input dim: 16, 32, 64, 128, 256 "
+                                                  "(default 32)")
+    q.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
+                   help="a zero point per block (default: symmetric, none)")
+    q.add_argument("--lm-head", help="LM head and embedding table: int8, int4 or float (default: as -p; tied "
+                                     "models store one table for both)")
+    q.add_argument("--accuracy-level", type=int, help="-e cpu: MatMulNBits compute type, 1 fp32 (exact on the "
+                                                      "quantized weights) ... 4 int8 (default 4, fastest)")
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--cache-dir", help="Hub cache folder (default: HF_HOME)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
@@ -47,7 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     from .builder.sources import resolve
 
     precision = args.precision or ("fp16" if args.ep == "cuda" else "fp32")
-    opts = BuildOptions(precision, args.ep)  # refuses unknown or unsupported combinations
+    # Refuses unknown or unsupported combinations, quantization options included.
+    opts = BuildOptions(precision, args.ep, block_size=args.block_size, symmetric=args.symmetric,
+                        lm_head=args.lm_head, accuracy_level=args.accuracy_level)
     if args.input and not args.model and (args.revision or args.cache_dir):
         raise UserError("--revision and --cache-dir apply to -m HUB_ID only; drop them when building from -i")
     check_output(Path(args.output), args.overwrite)  # before any download: fail fast on a bad -o
