@@ -99,9 +99,9 @@ def rotary_caches(ctx: Context) -> None:
     freqs = torch.arange(spec.max_position_embeddings, dtype=torch.float)[:, None] * inv_freq[None, :]
     shape = tuple(freqs.shape)
     ctx.cos_cache = ctx.g.weight("rotary.cos_cache", ctx.opts.io_dtype, shape,
-                                 lambda: to_numpy(freqs.cos(), ctx.opts.precision))
+                                 lambda: to_numpy(freqs.cos(), ctx.opts.float_precision))
     ctx.sin_cache = ctx.g.weight("rotary.sin_cache", ctx.opts.io_dtype, shape,
-                                 lambda: to_numpy(freqs.sin(), ctx.opts.precision))
+                                 lambda: to_numpy(freqs.sin(), ctx.opts.float_precision))
 
 
 def conv_state_index(ctx: Context, input_ids: ir.Value, attention_mask: ir.Value) -> None:

@@ -146,3 +146,31 @@ def test_large_initializers_are_split_into_chunks(tmp_path, tiny_checkpoint):
         feeds[i.name] = np.zeros([1 if d == "batch_size" else 0 if isinstance(d, str) else d for d in i.shape],
                                  dtype=np.float32)
     assert np.isfinite(session.run(["logits"], feeds)[0]).all()
+
+
+def _all_combinations():
+    from lfm2_onnx.builder.options import VALID_COMBINATIONS
+
+    return VALID_COMBINATIONS
+
+
+@pytest.mark.parametrize("precision,ep", _all_combinations())
+def test_external_data_matches_declared_types(factory, tiny_checkpoint, precision, ep):
+    """Every initializer's bytes on disk are exactly its declared dtype x shape (a CUDA-only export
+    can't be run here, so this is what catches a tensor written in the wrong precision)."""
+    folder = factory.export(tiny_checkpoint, precision, ep)
+    model = load_graph(folder)
+    sizes = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+             onnx.TensorProto.INT64: 8, onnx.TensorProto.INT32: 4, onnx.TensorProto.UINT8: 1,
+             onnx.TensorProto.INT8: 1}
+    checked = 0
+    for tensor in model.graph.initializer:
+        info = {e.key: e.value for e in tensor.external_data}
+        if "length" not in info:
+            continue
+        numel = 1
+        for d in tensor.dims:
+            numel *= d
+        assert int(info["length"]) == numel * sizes[tensor.data_type], tensor.name
+        checked += 1
+    assert checked > 0
