@@ -73,7 +73,8 @@ class Lfm2Model:
         Returns the generated text (a list for a batch), or with stream=True an iterator of text
         deltas (single prompt only) whose concatenation equals the returned text.
         """
-        batch = isinstance(prompt, list) and prompt and not isinstance(prompt[0], dict)
+        # Single prompts: a str, a list of token ids, a list of messages. A batch: a list of those.
+        batch = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], (str, list))
         prompts = prompt if batch else [prompt]
         ids = [self.encode(p) for p in prompts]
         params = self.sampling_params(preset, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

@@ -191,3 +191,15 @@ def test_loads_onnxruntime_genai_builder_folders(tiny_checkpoint, tiny_export, t
         == "past.%d.conv"
     theirs = Lfm2Model.load(out, max_length=128).generate_ids([PROMPTS[0]], 16)
     assert theirs == Lfm2Model.load(tiny_export, max_length=128).generate_ids([PROMPTS[0]], 16)
+
+
+def test_prompt_forms(model):
+    """A string, token ids and messages are single prompts; a list of any of them is a batch."""
+    ids = model.encode("The capital of France is")
+    single = model.generate("The capital of France is", max_new_tokens=8)
+    assert model.generate(ids, max_new_tokens=8) == single
+    assert model.generate(["The capital of France is", ids], max_new_tokens=8) == [single, single]
+    messages = [{"role": "user", "content": "Hi"}]
+    assert model.generate([messages, messages], max_new_tokens=4) == [model.generate(messages, max_new_tokens=4)] * 2
+    with pytest.raises(UserError, match="a prompt is"):
+        model.generate([3.5], max_new_tokens=4)
