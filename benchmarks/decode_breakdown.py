@@ -1,4 +1,4 @@
-"""Where one decode step's time goes: graph replay, logits head, host<->device copies, Python.
+"""Where one decode step's time goes: graph replay, host<->device copies, Python.
 
     python benchmarks/decode_breakdown.py EXPORT_FOLDER [--ep cuda] [--batch 1] [--prompt-len 1024]
 
@@ -48,15 +48,14 @@ def main() -> None:
         whole = (time.perf_counter() - start) / count * 1e6  # includes the prefill, amortised
         caches = model._caches[args.batch]
         tokens = np.ones(args.batch, np.int64)
-        lengths = np.full(args.batch, args.prompt_len, np.int64)
         pieces = {
             "decoder run (graph replay)" if cuda_graph else "decoder run (no graph)":
-                lambda: model.session.run_with_iobinding(caches.bindings[0], caches.run_options[0]),
-            "logits head run": lambda: model.head.run_with_iobinding(caches.head_binding),
-            "copy token ids in": lambda: caches.input_ids.update_inplace(tokens.reshape(-1, 1)),
-            "copy mask in": lambda: caches.mask.update_inplace(caches.host_mask),
-            "copy greedy ids out": lambda: caches.greedy.numpy(),
-            "whole _decode()": lambda: model._decode(tokens, lengths, caches, 0),
+                lambda: (model.sessions.uniform.run_with_iobinding(caches.bindings[0], caches.run_options[0]),
+                         caches.bindings[0].synchronize_outputs()),
+            "copy token ids in (sampling)": lambda: caches.ids[0].update_inplace(tokens.reshape(-1, 1)),
+            "copy greedy ids out": lambda: caches.ids[1].numpy(),
+            "copy fp32 scores out (sampling)": lambda: caches.scores.numpy(),
+            "greedy _decode() + ids out": lambda: (model._decode(None, caches, 0), caches.ids[1].numpy()),
         }
         print(f"--- cuda_graph={cuda_graph} · batch {args.batch} · capacity {model.capacity}")
         for name, fn in pieces.items():

@@ -6,8 +6,9 @@
 
 Prompts are right-padded into one batch; each row stops on its own. Decode steps bind the same
 device buffers every time (KV shared in place, conv states alternating between two buffers, a
-fixed-width attention mask), so on CUDA each of the two binding sets is captured once as a CUDA
-graph and replayed.
+token ids and lengths fed back from the previous step), so on CUDA each of the two binding sets
+is captured once as a CUDA graph and replayed. The graphs run are the folder's, specialised at load
+time (lfm2_onnx.graphs): the LM head on the last position only, argmax and fp32 scores inside.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from .caches import DeviceCaches
 from .errors import UserError
 from .sampling import PRESETS, Sampler, SamplingParams, from_generation_config
-from .session import ModelLayout, create_session
+from .session import DecoderSessions, ModelLayout
 from .text import IncrementalDecoder, TextCodec
 
 DEFAULT_CAPACITY = 4096  # KV positions allocated per row unless load() is told otherwise
@@ -42,12 +43,14 @@ class Lfm2Model:
         self.layout, self.ep, self.capacity = layout, ep, capacity
         self.device = "cuda" if ep == "cuda" else "cpu"
         self.cuda_graph = cuda_graph and ep == "cuda"
-        self.session = create_session(layout, ep, cuda_graph=self.cuda_graph)
+        self.sessions = DecoderSessions(layout, ep, cuda_graph=self.cuda_graph)
         self.codec = TextCodec(layout.folder)
-        inputs = {i.name: i.type for i in self.session.get_inputs()}
-        self._cache_type = next((inputs[n] for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
-        self._logits_type = self.session.get_outputs()[0].type
-        self.head = _logits_head(self._logits_type, ep)
+        inputs = {i.name: i for i in self.sessions.uniform.get_inputs()}
+        self._cache_type = next((inputs[n].type for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
+        conv = inputs.get(layout.past_conv % layout.conv_layers[0]) if layout.conv_layers else None
+        dims = tuple(conv.shape[1:]) if conv else ()
+        self._conv_state = dims if all(isinstance(d, int) for d in dims) and dims else (layout.hidden_size,
+                                                                                        layout.conv_size)
         self._caches: dict[int, DeviceCaches] = {}  # by batch size; buffers never move once captured
         self._graph_ids: dict[int, int] = {}
         self.generation_defaults = _read_generation_config(layout.folder)
@@ -137,15 +140,12 @@ class Lfm2Model:
                     done=np.zeros(batch, dtype=bool), generated=[[] for _ in prompts])
         self._last_step = step
 
-        parity = self._prefill(prompts, caches)  # parity: the conv buffer holding the state
-        caches.host_mask[:] = 0
-        for row, prompt in enumerate(prompts):
-            caches.host_mask[row, :len(prompt)] = 1
+        parity = self._prefill(prompts, caches)  # parity: the buffers holding the state and the next ids
         plain_greedy = params.greedy and not penalised
         eos = np.array(self.layout.eos_token_ids or [-1])
         for produced in range(max_new_tokens):
             # Greedy copies B token ids from the device; sampling copies the float32 scores.
-            tokens = caches.greedy.numpy() if plain_greedy else sampler(caches.scores.numpy())
+            tokens = caches.ids[parity].numpy().reshape(-1) if plain_greedy else sampler(caches.scores.numpy())
             tokens = np.where(step.done, self.layout.pad_token_id, tokens)
             finished = np.isin(tokens, eos) & ~step.done
             for row in np.flatnonzero(~step.done & ~finished):
@@ -157,47 +157,23 @@ class Lfm2Model:
             yield tokens
             if step.done.all() or produced == max_new_tokens - 1:
                 return
-            self._decode(tokens, step.lengths, caches, parity)
+            self._decode(None if plain_greedy else tokens, caches, parity)
             step.lengths += 1
             parity = 1 - parity
 
     # -- runs -----------------------------------------------------------------------------------
     def _caches_for(self, batch: int) -> DeviceCaches:
         if batch not in self._caches:
-            self._caches[batch] = DeviceCaches(self.layout, self._cache_type, batch, self.capacity, self.device)
+            caches = DeviceCaches(self.layout, self._cache_type, batch, self.capacity, self.device, self._conv_state)
             self._graph_ids[batch] = 2 * len(self._graph_ids) + 1  # two graphs (parities) per batch size
-            self._decode_buffers(batch)
+            caches.bindings, caches.run_options = [], []
+            for parity in (0, 1):  # made once: a captured CUDA graph keeps the addresses it recorded
+                binding = self.sessions.uniform.io_binding()
+                caches.bind_step(binding, parity)
+                caches.bindings.append(binding)
+                caches.run_options.append(self._run_options(self._graph_ids[batch] + parity))
+            self._caches[batch] = caches
         return self._caches[batch]
-
-    def _decode_buffers(self, batch: int) -> None:
-        """Fixed decode inputs/outputs and, per conv parity, one binding and run options, made once."""
-        from onnxruntime import OrtValue
-
-        caches = self._caches[batch]
-        caches.input_ids = OrtValue.ortvalue_from_numpy(np.zeros((batch, 1), np.int64), self.device, 0)
-        caches.mask = OrtValue.ortvalue_from_numpy(np.zeros((batch, self.capacity), np.int64), self.device, 0)
-        dtype = np.float16 if self._logits_type == "tensor(float16)" else np.float32
-        caches.logits = OrtValue.ortvalue_from_numpy(np.zeros((batch, 1, self.layout.vocab_size), dtype),
-                                                     self.device, 0)
-        caches.host_mask = np.zeros((batch, self.capacity), np.int64)
-        caches.scores = OrtValue.ortvalue_from_numpy(np.zeros((batch, self.layout.vocab_size), np.float32),
-                                                     self.device, 0)
-        caches.greedy = OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), self.device, 0)
-        caches.head_binding = self.head.io_binding()
-        caches.head_binding.bind_ortvalue_input("logits", caches.logits)
-        caches.head_binding.bind_ortvalue_input(
-            "positions", OrtValue.ortvalue_from_numpy(np.zeros(batch, np.int64), self.device, 0))
-        caches.head_binding.bind_ortvalue_output("scores", caches.scores)
-        caches.head_binding.bind_ortvalue_output("greedy", caches.greedy)
-        caches.bindings, caches.run_options = [], []
-        for parity in (0, 1):
-            binding = self.session.io_binding()
-            binding.bind_ortvalue_input("input_ids", caches.input_ids)
-            binding.bind_ortvalue_input("attention_mask", caches.mask)
-            binding.bind_ortvalue_output("logits", caches.logits)
-            caches.bind(binding, parity)
-            caches.bindings.append(binding)
-            caches.run_options.append(self._run_options(self._graph_ids[batch] + parity))
 
     def _run_options(self, graph_id: int):
         from onnxruntime import RunOptions
@@ -208,50 +184,55 @@ class Lfm2Model:
         return options
 
     def _prefill(self, prompts: list[list[int]], caches: DeviceCaches) -> int:
-        """Right-padded prompts in one run (chunks for a long single prompt).
+        """All prompts in one run (chunks for long prompts of equal length).
 
-        Leaves each row's last-position scores in caches.scores / caches.greedy and returns the conv
-        buffer that now holds the state. Buffers are never swapped: a captured CUDA graph keeps
-        the addresses it was recorded with.
+        Leaves each row's last-position scores in caches.scores, its argmax and next lengths in
+        pair `parity` of caches.ids / caches.seqlens, and returns that parity (also the conv
+        buffer holding the state). Buffers are never swapped: a captured CUDA graph keeps the
+        addresses it was recorded with.
         """
         batch, width = len(prompts), max(len(p) for p in prompts)
+        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         ids = np.full((batch, width), self.layout.pad_token_id, dtype=np.int64)
         for row, prompt in enumerate(prompts):
             ids[row, :len(prompt)] = prompt
-        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
-        # Chunks keep the activations and the [B, S, vocab] logits small; GroupQueryAttention needs
-        # every row full in all but the last chunk, so batches of unequal prompts run in one go.
-        chunk = PREFILL_CHUNK if (lengths == width).all() else width
+        if not (lengths == width).all():
+            return self._prefill_ragged(ids, lengths, caches)
+        # Chunks keep the activations small; the head only ever sees the last position.
         parity = 0
-        for start in range(0, width, chunk):
-            piece = ids[:, start:start + chunk]
-            mask = (np.arange(start + piece.shape[1])[None, :] < lengths[:, None]).astype(np.int64)
-            binding = self.session.io_binding()
+        for start in range(0, width, PREFILL_CHUNK):
+            piece = ids[:, start:start + PREFILL_CHUNK]
+            cached = start + piece.shape[1]
+            binding = self.sessions.uniform.io_binding()
             binding.bind_cpu_input("input_ids", piece)
-            binding.bind_cpu_input("attention_mask", mask)
-            binding.bind_output("logits", self.device)  # first: get_outputs() follows binding order
-            caches.bind(binding, parity)
-            self.session.run_with_iobinding(binding, self._run_options(-1))
+            binding.bind_cpu_input("seqlens_k", np.full(batch, cached - 1, np.int32))
+            binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
+            caches.bind_outputs(binding, parity, next_seqlens=True)
+            self.sessions.uniform.run_with_iobinding(binding, self._run_options(-1))
             parity = 1 - parity
-        head = self.head.io_binding()  # every row ends in the last chunk (chunks only when rows are equal)
-        head.bind_ortvalue_input("logits", binding.get_outputs()[0])
-        head.bind_cpu_input("positions", lengths - 1 - start)
-        head.bind_ortvalue_output("scores", caches.scores)
-        head.bind_ortvalue_output("greedy", caches.greedy)
-        self.head.run_with_iobinding(head)
         return parity
 
-    def _decode(self, tokens: np.ndarray, lengths: np.ndarray, caches: DeviceCaches, parity: int) -> None:
-        """One token per row at position lengths[row]; the scores land in caches.scores / .greedy.
+    def _prefill_ragged(self, ids: np.ndarray, lengths: np.ndarray, caches: DeviceCaches) -> int:
+        """Right-padded prompts of unequal length: the ragged graph, each row's head at its last token."""
+        session = self.sessions.ragged
+        binding = session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
+        binding.bind_cpu_input("last_positions", lengths - 1)
+        caches.bind_outputs(binding, 0, next_seqlens=False)
+        session.run_with_iobinding(binding, self._run_options(-1))
+        caches.seqlens[1].update_inplace(lengths.astype(np.int32))  # the next step adds position `lengths`
+        return 1
 
-        The fixed-width mask gains one column of ones per row; only the token ids and the mask are
-        copied in, only the chosen ids (or the scores, when sampling) copied out.
+    def _decode(self, tokens: np.ndarray | None, caches: DeviceCaches, parity: int) -> None:
+        """One token per row; the scores land in caches.scores, the argmax in caches.ids[1 - parity].
+
+        tokens None: greedy, the step reads the argmax the previous step left on the device.
+        Otherwise the host's choice is copied in (B int64).
         """
-        caches.input_ids.update_inplace(tokens.reshape(-1, 1).astype(np.int64, copy=False))
-        caches.host_mask[np.arange(len(tokens)), lengths] = 1
-        caches.mask.update_inplace(caches.host_mask)
-        self.session.run_with_iobinding(caches.bindings[parity], caches.run_options[parity])
-        self.head.run_with_iobinding(caches.head_binding)
+        if tokens is not None:
+            caches.ids[parity].update_inplace(tokens.reshape(-1, 1).astype(np.int64, copy=False))
+        self.sessions.uniform.run_with_iobinding(caches.bindings[parity], caches.run_options[parity])
 
     # -- streaming ------------------------------------------------------------------------------
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
@@ -323,18 +304,6 @@ class ChatStream:
             yield from self._parser.feed(delta)
         yield from self._parser.finish()
         self.message = self._parser.final_message()
-
-
-def _logits_head(logits_type: str, ep: str):
-    """The small device-side session that turns decoder logits into scores and argmax."""
-    import onnxruntime as ort
-
-    name = "fp16" if logits_type == "tensor(float16)" else "fp32"
-    path = Path(__file__).parent / "assets" / f"logits_head_{name}.onnx"
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if ep == "cuda" else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), options, providers=providers)
 
 
 def _release(emitted: str, held: str, stop: list[str], final: bool = False) -> tuple[str, str, bool]:

@@ -77,11 +77,9 @@ class ModelLayout:
         return [i for i, t in enumerate(self.layer_types) if t == "conv"]
 
 
-def create_session(layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
+def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> list:
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     if ep == "cuda":
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             raise UserError("ep='cuda' needs onnxruntime-gpu with a CUDA device (pip install lfm2-onnx[cuda]); "
@@ -89,9 +87,57 @@ def create_session(layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the pip packages, before the first CUDA session
         cuda = {**layout.provider_options.get("cuda", {}), "enable_cuda_graph": "1" if cuda_graph else "0"}
-        providers = [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
-    elif ep == "cpu":
-        providers = ["CPUExecutionProvider"]
-    else:
-        raise UserError(f"unknown execution provider {ep!r}; choose cpu or cuda")
-    return ort.InferenceSession(str(layout.onnx_path), options, providers=providers)
+        return [("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
+    if ep == "cpu":
+        return ["CPUExecutionProvider"]
+    raise UserError(f"unknown execution provider {ep!r}; choose cpu or cuda")
+
+
+class DecoderSessions:
+    """The runtime's two variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
+
+    `uniform` runs every decode step and any prefill whose rows are all real tokens; `ragged`, made
+    on first use, prefills right-padded prompts of unequal length. Both take the weights uploaded
+    once by this class, so the second session adds no weight memory.
+    """
+
+    def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
+        from . import graphs
+
+        self.layout, self.ep, self.cuda_graph = layout, ep, cuda_graph
+        self.device = "cuda" if ep == "cuda" else "cpu"
+        self._providers = providers_for(ep, layout, cuda_graph=cuda_graph)  # checks the EP before any upload
+        try:
+            self._folder_graph = graphs.load(layout.onnx_path)
+            uniform = graphs.uniform(self._folder_graph)
+        except graphs.NotSpecialisable as e:
+            raise UserError(f"{layout.onnx_path}: not an LFM2 decoder this runtime can run ({e})") from None
+        except Exception as e:  # a truncated or foreign file
+            raise UserError(f"{layout.onnx_path}: can't read the ONNX graph ({e}); build the folder again") from None
+        self.weights = graphs.upload_weights(self._folder_graph, self.device)
+        self.uniform = self._session(uniform, cuda_graph=cuda_graph)
+        self._ragged = None
+
+    @property
+    def ragged(self):
+        if self._ragged is None:
+            from . import graphs
+
+            # No CUDA graphs: this session only prefills, and prefill shapes vary.
+            self._ragged = self._session(graphs.ragged(self._folder_graph), cuda_graph=False)
+        return self._ragged
+
+    def _session(self, model, *, cuda_graph: bool):
+        import onnxruntime as ort
+
+        from . import graphs
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        # The derived graph comes as bytes; its remaining external data (small tables) is beside the file.
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                         str(self.layout.onnx_path.parent))
+        for name, value in self.weights.items():
+            options.add_initializer(name, value)
+        providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
+        return ort.InferenceSession(graphs.serialize(model), options, providers=providers)

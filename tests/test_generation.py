@@ -203,3 +203,30 @@ def test_prompt_forms(model):
     assert model.generate([messages, messages], max_new_tokens=4) == [model.generate(messages, max_new_tokens=4)] * 2
     with pytest.raises(UserError, match="a prompt is"):
         model.generate([3.5], max_new_tokens=4)
+
+
+def _stepper_greedy(folder, prompt: list[int], n: int, eos: set[int]) -> list[int]:
+    """The reference driver (the folder's own graph, no specialisation) on the same file."""
+    from lfm2_onnx.stepper import Stepper
+
+    stepper = Stepper(folder)
+    logits, state = stepper.prefill([prompt])
+    tokens = []
+    for _ in range(n):
+        token = int(np.argmax(logits[0, -1]))
+        if token in eos:
+            break
+        tokens.append(token)
+        logits = stepper.decode(np.array([token]), state)
+    return tokens
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
+def test_runtime_equals_reference_driver_on_other_precisions(factory, tiny_checkpoint, precision):
+    """fp16 and quantized CPU files: the runtime's derived graphs pick the tokens the folder's graph picks."""
+    folder = factory.export(tiny_checkpoint, precision, "cpu")
+    model = Lfm2Model.load(folder, max_length=128)
+    eos = set(model.layout.eos_token_ids)
+    expected = [_stepper_greedy(folder, p, 24, eos) for p in PROMPTS]
+    assert model.generate_ids([PROMPTS[0]], 24) == expected[:1]
+    assert model.generate_ids(PROMPTS, 24) == expected

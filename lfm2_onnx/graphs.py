@@ -1,0 +1,262 @@
+"""Decoder graphs specialised for this runtime, derived at load time from the folder's model.onnx.
+
+The folder's graph is the contract every client loads: it takes an attention mask, returns logits
+for every position, and re-gathers each conv state at its row's last real token so right-padded
+batches come out right. A runtime that knows more about its batch can skip work, so it derives:
+
+- `uniform(model)`, for runs whose rows all add the same number of real tokens: every decode step,
+  any single prompt, equal-length prompts.
+  - GroupQueryAttention's `seqlens_k` / `total_sequence_length` become inputs, and
+    `next_seqlens_k` (+1) an output. A decode step then needs no mask and no host copy in.
+  - Conv layers keep the state CausalConvWithState carries itself: the last input is real.
+  - The LM head runs on the last position only, then fp32 `scores` and an argmax `next_token`
+    [B, 1], which the next step takes as its input_ids without a round trip.
+- `ragged(model)`, for right-padded prompts of unequal length (prefill only): the folder's graph
+  with the same last-position head, taken per row at `last_positions`.
+
+Both read the folder's weights, uploaded once (`upload_weights`) and shared by the two sessions.
+Graphs that don't have the expected shape (no GroupQueryAttention, no LM head found) raise
+`NotSpecialisable`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+from onnx_ir.passes.common import RemoveUnusedNodesPass
+
+MS = "com.microsoft"
+HEAD_OPS = {("", "MatMul"), ("", "Gemm"), (MS, "MatMulNBits"), (MS, "FusedMatMul")}
+PASS_THROUGH = {"Reshape", "Cast", "Identity"}  # between the LM head and the logits output
+SEQLENS_K, TOTAL_LENGTH, GQA_SEQLENS_K, GQA_TOTAL = "seqlens_k", "total_sequence_length", 5, 6
+
+
+class NotSpecialisable(ValueError):
+    """The graph lacks a piece the runtime's variants are derived from."""
+
+
+def load(path: str | Path) -> ir.Model:
+    """The graph only: external weights stay on disk (read lazily) until upload_weights."""
+    return ir.load(str(path))
+
+
+def uniform(model: ir.Model) -> ir.Model:
+    model = _copy(model)
+    graph = model.graph
+    _channels_last_conv(graph)
+    _seqlens_as_inputs(graph)
+    _keep_carried_conv_states(graph)
+    _last_position_head(graph, per_row=None)
+    _drop_unused(model, "attention_mask")
+    return model
+
+
+def ragged(model: ir.Model) -> ir.Model:
+    model = _copy(model)
+    positions = ir.Value(name="last_positions", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch_size"]))
+    model.graph.inputs.append(positions)
+    _channels_last_conv(model.graph)
+    _last_position_head(model.graph, per_row=positions)
+    RemoveUnusedNodesPass()(model)
+    return model
+
+
+def _copy(model: ir.Model) -> ir.Model:
+    # A deep copy through the proto: external tensors stay references (no weight is read).
+    return ir.from_proto(ir.to_proto(model))
+
+
+# -- rewrites ---------------------------------------------------------------------------------
+def _node(op_type: str, inputs, domain: str = "", name: str = "", outputs: int = 1, **attributes) -> ir.Node:
+    attrs = [ir.convenience.convert_attribute(k, v) for k, v in attributes.items()]
+    return ir.Node(domain, op_type, inputs, attributes=attrs, num_outputs=outputs, name=f"runtime/{name or op_type}")
+
+
+def _const(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    tensor = ir.Tensor(np.asarray(array), name=name)
+    value = ir.Value(name=name, type=ir.TensorType(tensor.dtype), shape=ir.Shape(tensor.shape), const_value=tensor)
+    graph.register_initializer(value)
+    return value
+
+
+def _seqlens_as_inputs(graph: ir.Graph) -> None:
+    """GroupQueryAttention's per-row lengths and total length, fed directly instead of from the mask."""
+    gqa = [n for n in graph if n.op_type == "GroupQueryAttention" and n.domain == MS]
+    if not gqa:
+        raise NotSpecialisable("no GroupQueryAttention node")
+    seqlens = ir.Value(name=SEQLENS_K, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape(["batch_size"]))
+    total = ir.Value(name=TOTAL_LENGTH, type=ir.TensorType(ir.DataType.INT32), shape=ir.Shape([]))
+    graph.inputs.extend([seqlens, total])
+    for node in gqa:
+        node.replace_input_with(GQA_SEQLENS_K, seqlens)
+        node.replace_input_with(GQA_TOTAL, total)
+    # The lengths for the next single-token step: a decode loop feeds this back without the host.
+    step = _node("Add", [seqlens, _const(graph, "runtime/one_i32", np.array(1, np.int32))], name="next_seqlens_k")
+    graph.append(step)
+    step.outputs[0].name = "next_seqlens_k"
+    step.outputs[0].type, step.outputs[0].shape = ir.TensorType(ir.DataType.INT32), ir.Shape(["batch_size"])
+    graph.outputs.append(step.outputs[0])
+
+
+def _keep_carried_conv_states(graph: ir.Graph) -> None:
+    """present_conv = CausalConvWithState's own carried state, not the per-row re-gather of it.
+
+    The folder's graph writes GatherElements(Concat(past_state, conv_input)) so a padded row keeps
+    the state at its last real token; with no padding the op's own state is the same tensor.
+    """
+    for i, out in enumerate(graph.outputs):
+        gather = out.producer()
+        if gather is None or gather.op_type != "GatherElements":
+            continue
+        history = gather.inputs[0].producer()
+        if history is None or history.op_type != "Concat" or not history.inputs[0].is_graph_input():
+            continue
+        past = history.inputs[0]
+        conv = next((n for n, _ in past.uses() if n.op_type == "CausalConvWithState"), None)
+        if conv is None or len(conv.outputs) < 2:
+            continue
+        carried = conv.outputs[1]
+        carried.name, carried.type, carried.shape = out.name, out.type, out.shape
+        out.name = f"{carried.name}/ragged"
+        graph.outputs[i] = carried
+
+
+def _is_swap_12(node: ir.Node | None) -> bool:
+    return node is not None and node.op_type == "Transpose" and list(node.attributes.get_ints("perm", [])) == [0, 2, 1]
+
+
+def _channels_last_conv(graph: ir.Graph) -> None:
+    """Drop the Transposes around each CausalConvWithState: run it channels-last ([B, S, C]).
+
+    The folder's graph transposes into the op's channels-first layout and back, so that
+    onnxruntime 1.30 (transformers.js) can load it. Here the carried state becomes [B, L-1, C]
+    too, and the ragged graph's state re-gather moves to axis 1 with it.
+    """
+    index_t: dict[int, ir.Value] = {}
+    for conv in [n for n in graph if n.op_type == "CausalConvWithState" and n.domain == MS]:
+        to_first, past = conv.inputs[0].producer(), conv.inputs[3]
+        to_last = [user for user, _ in conv.outputs[0].uses()]
+        if not (_is_swap_12(to_first) and to_last and all(_is_swap_12(t) for t in to_last)
+                and past is not None and past.is_graph_input() and conv.attributes.get_int("ndim", 1) == 1):
+            continue
+        regather = [(n, i) for n, i in past.uses() if n is not conv]
+        if not all(n.op_type == "Concat" and i == 0 and _regather(n) for n, i in regather):
+            continue
+        channels_last = to_first.inputs[0]
+        conv.replace_input_with(0, channels_last)
+        conv.attributes["channels_last"] = ir.AttrInt64("channels_last", 1)
+        for t in to_last:
+            t.outputs[0].replace_all_uses_with(conv.outputs[0])
+        for concat, _ in regather:  # Concat(past, x, axis=2) -> GatherElements(., index, axis=2)
+            gather = _regather(concat)
+            concat.replace_input_with(1, channels_last)
+            concat.attributes["axis"] = ir.AttrInt64("axis", 1)
+            gather.attributes["axis"] = ir.AttrInt64("axis", 1)
+            index = gather.inputs[1]
+            if id(index) not in index_t:
+                swap = _node("Transpose", [index], perm=[0, 2, 1], name="state_index_channels_last")
+                graph.insert_after(index.producer(), swap) if index.producer() else graph.insert_before(graph[0], swap)
+                index_t[id(index)] = swap.outputs[0]
+            gather.replace_input_with(1, index_t[id(index)])
+        for state in [past, *[o for o in graph.outputs if o.producer() is not None and o.name.startswith("present")
+                              and _feeds_from(o, past)]]:
+            if state.shape is not None and len(state.shape) == 3:
+                state.shape = ir.Shape([state.shape[0], state.shape[2], state.shape[1]])
+
+
+def _regather(concat: ir.Node) -> ir.Node | None:
+    users = [n for n, _ in concat.outputs[0].uses()]
+    return users[0] if len(users) == 1 and users[0].op_type == "GatherElements" else None
+
+
+def _feeds_from(output: ir.Value, past: ir.Value) -> bool:
+    """Whether a present state output is derived from this past state in one or two nodes."""
+    node = output.producer()
+    if node.op_type == "CausalConvWithState":
+        return node.inputs[3] is past
+    history = node.inputs[0].producer() if node.op_type == "GatherElements" else None
+    return history is not None and history.op_type == "Concat" and history.inputs[0] is past
+
+
+def _last_position_head(graph: ir.Graph, per_row: ir.Value | None) -> None:
+    """Replace the `logits` output by the LM head over one position per row: fp32 scores + argmax.
+
+    per_row None takes the last position (uniform rows); otherwise the int64 [B] positions given.
+    """
+    logits_index = next((i for i, v in enumerate(graph.outputs) if v.name == "logits"), None)
+    if logits_index is None:
+        raise NotSpecialisable("no logits output")
+    node = graph.outputs[logits_index].producer()
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = node.inputs[0].producer()
+    if node is None or (node.domain, node.op_type) not in HEAD_OPS:
+        raise NotSpecialisable("the logits don't come from a MatMul/Gemm/MatMulNBits LM head")
+    head = node
+    hidden = head.inputs[0]  # [B, S, H], or [B*S, H] reshaped from it
+    if hidden.producer() is not None and hidden.producer().op_type == "Reshape":
+        hidden = hidden.producer().inputs[0]
+    if per_row is None:
+        pick = _node("Gather", [hidden, _const(graph, "runtime/last_i64", np.array(-1, np.int64))], axis=1,
+                     name="last_position")
+    else:
+        index = _node("Unsqueeze", [per_row, _const(graph, "runtime/axis1_i64", np.array([1], np.int64))],
+                      name="positions_2d")
+        graph.append(index)
+        pick = _node("GatherND", [hidden, index.outputs[0]], batch_dims=1, name="last_position")
+    last_head = ir.Node(head.domain, head.op_type, [pick.outputs[0], *head.inputs[1:]],
+                        attributes=list(head.attributes.values()), name="runtime/lm_head_last")
+    scores = _node("Cast", [last_head.outputs[0]], to=ir.DataType.FLOAT, name="scores")
+    argmax = _node("ArgMax", [scores.outputs[0]], axis=-1, keepdims=1, name="next_token")
+    graph.extend([pick, last_head, scores, argmax])
+    scores.outputs[0].name, argmax.outputs[0].name = "scores", "next_token"
+    scores.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
+    scores.outputs[0].shape = ir.Shape(["batch_size", graph.outputs[logits_index].shape[-1]])
+    argmax.outputs[0].type, argmax.outputs[0].shape = ir.TensorType(ir.DataType.INT64), ir.Shape(["batch_size", 1])
+    graph.outputs.pop(logits_index)
+    graph.outputs.extend([scores.outputs[0], argmax.outputs[0]])
+
+
+def _drop_unused(model: ir.Model, input_name: str) -> None:
+    RemoveUnusedNodesPass()(model)
+    graph = model.graph
+    for value in list(graph.inputs):
+        if value.name == input_name:
+            if value.uses():
+                raise NotSpecialisable(f"{input_name} is still needed after the rewrites")
+            graph.inputs.remove(value)
+
+
+# -- sessions ---------------------------------------------------------------------------------
+def external_weights(model: ir.Model) -> list[ir.Value]:
+    """The initializers stored in external data files: the weights worth uploading once."""
+    return [v for v in model.graph.initializers.values() if isinstance(v.const_value, ir.ExternalTensor)]
+
+
+def upload_weights(model: ir.Model, device: str) -> dict:
+    """Each external weight as an OrtValue on the device, read straight from the data files.
+
+    Sessions given these (SessionOptions.add_initializer) use them in place, so two sessions over
+    the same folder hold one copy of the weights.
+    """
+    from onnxruntime import OrtValue
+
+    values = {}
+    for value in external_weights(model):
+        array = value.const_value.numpy()
+        if array.dtype.name == "bfloat16":  # onnxruntime takes bfloat16 as raw 16-bit words
+            host = np.ascontiguousarray(array).view(np.uint16)
+            if device == "cpu":
+                ort_value = OrtValue.ortvalue_from_numpy_with_onnx_type(host, 16)
+            else:
+                ort_value = OrtValue.ortvalue_from_shape_and_type(list(host.shape), 16, device, 0)
+                ort_value.update_inplace(host)
+        else:
+            ort_value = OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
+        values[value.name] = ort_value
+    return values
+
+
+def serialize(model: ir.Model) -> bytes:
+    return ir.to_proto(model).SerializeToString()
