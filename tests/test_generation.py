@@ -205,11 +205,11 @@ def test_prompt_forms(model):
         model.generate([3.5], max_new_tokens=4)
 
 
-def _stepper_greedy(folder, prompt: list[int], n: int, eos: set[int]) -> list[int]:
+def _stepper_greedy(folder, prompt: list[int], n: int, eos: set[int], ep: str = "cpu") -> list[int]:
     """The reference driver (the folder's own graph, no specialisation) on the same file."""
     from lfm2_onnx.stepper import Stepper
 
-    stepper = Stepper(folder)
+    stepper = Stepper(folder, ep=ep)
     logits, state = stepper.prefill([prompt])
     tokens = []
     for _ in range(n):
@@ -229,4 +229,17 @@ def test_runtime_equals_reference_driver_on_other_precisions(factory, tiny_check
     eos = set(model.layout.eos_token_ids)
     expected = [_stepper_greedy(folder, p, 24, eos) for p in PROMPTS]
     assert model.generate_ids([PROMPTS[0]], 24) == expected[:1]
+    assert model.generate_ids(PROMPTS, 24) == expected
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp16", "int4"])
+def test_cuda_runtime_equals_reference_driver(factory, tiny_checkpoint, precision):
+    """On the GPU, captured graphs of the derived graph pick the folder graph's tokens, alone and ragged."""
+    folder = factory.export(tiny_checkpoint, precision, "cuda")
+    model = Lfm2Model.load(folder, ep="cuda", max_length=128)
+    eos = set(model.layout.eos_token_ids)
+    expected = [_stepper_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
+    assert [model.generate_ids([p], 24)[0] for p in PROMPTS] == expected
     assert model.generate_ids(PROMPTS, 24) == expected

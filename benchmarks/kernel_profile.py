@@ -1,0 +1,107 @@
+"""Which CUDA kernels one greedy decode step runs, how long the step takes, and what the ragged
+session adds to device memory.
+
+    python benchmarks/kernel_profile.py EXPORT_FOLDER [--prompt-len 1024] [--steps 200]
+
+Variants of the runtime's uniform decode graph, each timed as a replayed CUDA graph (median of
+--steps synchronised greedy steps), then profiled without graphs through torch.profiler (CUPTI
+sees every kernel onnxruntime launches):
+  uniform         what the runtime runs
+  no-chlast       the same without the channels-last conv rewrite (Transposes kept)
+Needs torch with CUDA on the machine (only for the profiler) and pynvml for the memory line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from lfm2_onnx import graphs
+from lfm2_onnx.generation import Lfm2Model
+
+
+def load(folder: str, variant: str, capacity: int, cuda_graph: bool) -> Lfm2Model:
+    original = graphs._channels_last_conv
+    if variant == "no-chlast":
+        graphs._channels_last_conv = lambda graph: None
+    try:
+        return Lfm2Model.load(folder, ep="cuda", max_length=capacity, cuda_graph=cuda_graph)
+    finally:
+        graphs._channels_last_conv = original
+
+
+def step_us(model: Lfm2Model, prompt: list[int], steps: int) -> float:
+    model.generate_ids([prompt], 8)  # capture
+    model.generate_ids([prompt], 2)
+    caches = model._caches[1]
+    times = []
+    for i in range(steps + 20):
+        start = time.perf_counter()
+        model._decode(None, caches, i % 2)
+        caches.ids[1 - i % 2].numpy()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times[20:])) * 1e6
+
+
+def profile(model: Lfm2Model, prompt: list[int], steps: int = 20) -> None:
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    torch.cuda.init()
+    model.generate_ids([prompt], 4)
+    caches = model._caches[1]
+    for i in range(5):
+        model._decode(None, caches, i % 2)
+    caches.ids[0].numpy()
+    with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for i in range(steps):
+            model._decode(None, caches, i % 2)
+            caches.ids[1 - i % 2].numpy()
+    rows = [(e.key, e.count / steps, e.device_time_total / steps) for e in prof.key_averages()
+            if e.device_time_total > 0]
+    rows.sort(key=lambda r: -r[2])
+    total_us, kernels = sum(r[2] for r in rows), sum(r[1] for r in rows)
+    print(f"  kernels per step {kernels:.0f}, kernel time per step {total_us:.0f} us")
+    for name, count, us in rows[:30]:
+        print(f"    {us:8.1f} us {count:6.1f}x  {name[:110]}")
+
+
+def nvml_used_mb() -> float:
+    import os
+
+    import pynvml
+
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(0)
+    for proc in pynvml.nvmlDeviceGetComputeRunningProcesses(handle):
+        if proc.pid == os.getpid():
+            return proc.usedGpuMemory / 2**20
+    return pynvml.nvmlDeviceGetMemoryInfo(handle).used / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("folder")
+    p.add_argument("--prompt-len", type=int, default=1024)
+    p.add_argument("--steps", type=int, default=200)
+    args = p.parse_args()
+    rng = np.random.default_rng(0)
+    capacity = args.prompt_len + args.steps + 64
+    for variant in ("uniform", "no-chlast"):
+        model = load(args.folder, variant, capacity, cuda_graph=True)
+        prompt = [1] + rng.integers(100, model.layout.vocab_size, args.prompt_len - 1).tolist()
+        print(f"--- {variant}: greedy step with CUDA graph replay {step_us(model, prompt, args.steps):.1f} us")
+        if variant == "uniform":
+            weights = sum(v.shape()[0] * int(np.prod(v.shape()[1:])) * 2 for v in model.sessions.weights.values())
+            before = nvml_used_mb()
+            model.generate_ids([prompt[:50], prompt[:30]], 4)  # a ragged batch: makes the ragged session
+            print(f"  ragged session added {nvml_used_mb() - before:.0f} MB device memory "
+                  f"(weights ~{weights / 2**20:.0f} MB if fp16)")
+        del model
+        profile(load(args.folder, variant, capacity, cuda_graph=False), prompt)
+
+
+if __name__ == "__main__":
+    main()
