@@ -18,7 +18,9 @@ if has check; then
   python3 -m pytest tests/test_generation.py tests/test_graphs.py -q -m cuda -p no:cacheprovider 2>&1 | tail -3
   python3 benchmarks/memcpy_nodes.py "$work/LFM2-350M-fp16" 2>&1 | tail -4
   python3 benchmarks/memcpy_nodes.py "$work/LFM2-350M-q4f16" 2>&1 | tail -4
-  python3 benchmarks/kernel_profile.py "$work/LFM2-350M-fp16" 2>&1 | tee "$out/profile-350m-fp16.txt" | grep -v "^    "
+  for f in LFM2-350M-fp16 LFM2-350M-q4f16; do
+    python3 benchmarks/kernel_profile.py "$work/$f" 2>&1 | tee "$out/profile-$f.txt" | grep -v "^    "
+  done
 fi
 if has bench; then
   for f in ${FOLDERS:-LFM2-350M-fp16 LFM2-1.2B-fp16 LFM2-350M-q4f16 LFM2-1.2B-q4f16}; do

@@ -238,24 +238,40 @@ def upload_weights(model: ir.Model, device: str) -> dict:
     """Each external weight as an OrtValue on the device, read straight from the data files.
 
     Sessions given these (SessionOptions.add_initializer) use them in place, so two sessions over
-    the same folder hold one copy of the weights.
+    the same folder hold one copy of the weights. Returns {} where this onnxruntime can't hand a
+    device buffer over (each session then reads the files itself).
     """
     from onnxruntime import OrtValue
 
     values = {}
     for value in external_weights(model):
         array = value.const_value.numpy()
+        host = np.ascontiguousarray(array)
+        if device == "cpu":  # a numpy array the caller keeps: user-owned, as add_initializer wants
+            element = 16 if array.dtype.name == "bfloat16" else None
+            values[value.name] = (OrtValue.ortvalue_from_numpy_with_onnx_type(host.view(np.uint16), element)
+                                  if element else OrtValue.ortvalue_from_numpy(host))
+            continue
         if array.dtype.name == "bfloat16":  # onnxruntime takes bfloat16 as raw 16-bit words
-            host = np.ascontiguousarray(array).view(np.uint16)
-            if device == "cpu":
-                ort_value = OrtValue.ortvalue_from_numpy_with_onnx_type(host, 16)
-            else:
-                ort_value = OrtValue.ortvalue_from_shape_and_type(list(host.shape), 16, device, 0)
-                ort_value.update_inplace(host)
+            owned = OrtValue.ortvalue_from_shape_and_type(list(host.shape), 16, device, 0)
+            owned.update_inplace(host.view(np.uint16))
         else:
-            ort_value = OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), device, 0)
-        values[value.name] = ort_value
+            owned = OrtValue.ortvalue_from_numpy(host, device, 0)
+        shared = _as_user_buffer(owned)
+        if shared is None:
+            return {}
+        values[value.name] = shared
     return values
+
+
+def _as_user_buffer(value):
+    """The same device buffer, seen through DLPack: add_initializer only takes buffers it doesn't own."""
+    from onnxruntime import OrtValue
+    from onnxruntime.capi import onnxruntime_pybind11_state as C
+
+    if not hasattr(C.OrtValue, "from_dlpack") or not hasattr(value._ortvalue, "to_dlpack"):
+        return None
+    return OrtValue(C.OrtValue.from_dlpack(value._ortvalue.to_dlpack()))  # the capsule keeps `value` alive
 
 
 def serialize(model: ir.Model) -> bytes:
