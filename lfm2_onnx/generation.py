@@ -131,6 +131,7 @@ class Lfm2Model:
                             f"max_length (the model allows {self.layout.context_length})")
         batch = len(prompts)
         caches = self._caches_for(batch)
+        caches.bindings[0].synchronize_outputs()  # nothing of an abandoned generation still running
         caches.reset()
         sampler = Sampler(params, batch, self.layout.vocab_size)
         penalised = params.repetition_penalty != 1.0
@@ -141,24 +142,57 @@ class Lfm2Model:
         self._last_step = step
 
         parity = self._prefill(prompts, caches)  # parity: the buffers holding the state and the next ids
-        plain_greedy = params.greedy and not penalised
-        eos = np.array(self.layout.eos_token_ids or [-1])
-        for produced in range(max_new_tokens):
-            # Greedy copies B token ids from the device; sampling copies the float32 scores.
-            tokens = caches.ids[parity].numpy().reshape(-1) if plain_greedy else sampler(caches.scores.numpy())
+        if params.greedy and not penalised:
+            chosen = self._greedy_tokens(caches, parity, max_new_tokens)
+        else:
+            chosen = self._sampled_tokens(caches, parity, max_new_tokens, sampler)
+        is_eos = np.zeros(self.layout.vocab_size + 1, dtype=bool)  # a lookup: np.isin costs ~15 us a step
+        is_eos[[t for t in self.layout.eos_token_ids if 0 <= t < self.layout.vocab_size]] = True
+        for tokens in chosen:
             tokens = np.where(step.done, self.layout.pad_token_id, tokens)
-            finished = np.isin(tokens, eos) & ~step.done
+            finished = is_eos[tokens] & ~step.done
             for row in np.flatnonzero(~step.done & ~finished):
                 step.generated[row].append(int(tokens[row]))
             if penalised:
                 sampler.observe([tokens[r:r + 1] if not (step.done[r] or finished[r]) else tokens[:0]
                                  for r in range(batch)])
             step.done |= finished
-            yield tokens
-            if step.done.all() or produced == max_new_tokens - 1:
-                return
-            self._decode(None if plain_greedy else tokens, caches, parity)
             step.lengths += 1
+            yield tokens
+            if step.done.all():
+                return
+
+    def _greedy_tokens(self, caches: DeviceCaches, parity: int, max_new_tokens: int) -> Iterator[np.ndarray]:
+        """Greedy ids per step. Each step reads the argmax the previous one left on the device, so
+        two steps are queued back to back and the host reads both ids after one wait: it decides
+        about token t while step t+1 runs, at the cost of one wasted step when generation stops.
+        """
+        yield caches.ids[parity].numpy().reshape(-1)  # the prefill's choice
+        produced = 1
+        try:
+            while produced < max_new_tokens:
+                queued = []
+                for _ in range(min(2, max_new_tokens - produced)):
+                    self._decode(None, caches, parity)
+                    parity = 1 - parity
+                    queued.append(caches.ids[parity])
+                caches.bindings[parity].synchronize_outputs()
+                for ids in queued:
+                    yield ids.numpy().reshape(-1)
+                produced += len(queued)
+        finally:  # a step may still be queued when the caller stops early: host copies must not race it
+            caches.bindings[parity].synchronize_outputs()
+
+    def _sampled_tokens(self, caches: DeviceCaches, parity: int, max_new_tokens: int,
+                        sampler: Sampler) -> Iterator[np.ndarray]:
+        """Sampled ids per step: the float32 scores come to the host, the choice goes back (B int64)."""
+        for produced in range(max_new_tokens):
+            tokens = sampler(caches.scores.numpy())
+            yield tokens  # the caller observes them (repetition penalty) before the next step
+            if produced == max_new_tokens - 1:
+                return
+            self._decode(tokens, caches, parity)
+            caches.bindings[parity].synchronize_outputs()
             parity = 1 - parity
 
     # -- runs -----------------------------------------------------------------------------------
@@ -181,6 +215,8 @@ class Lfm2Model:
         options = RunOptions()
         if self.cuda_graph:
             options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        if graph_id != -1:  # decode steps return once queued; the loop waits where it reads
+            options.add_run_config_entry("disable_synchronize_execution_providers", "1")
         return options
 
     def _prefill(self, prompts: list[list[int]], caches: DeviceCaches) -> int:
@@ -225,10 +261,11 @@ class Lfm2Model:
         return 1
 
     def _decode(self, tokens: np.ndarray | None, caches: DeviceCaches, parity: int) -> None:
-        """One token per row; the scores land in caches.scores, the argmax in caches.ids[1 - parity].
+        """Queue one token per row; the scores land in caches.scores, the argmax in caches.ids[1 - parity].
 
         tokens None: greedy, the step reads the argmax the previous step left on the device.
-        Otherwise the host's choice is copied in (B int64).
+        Otherwise the host's choice is copied in (B int64). Returns without waiting for the device:
+        call caches.bindings[...].synchronize_outputs() before reading what it wrote.
         """
         if tokens is not None:
             caches.ids[parity].update_inplace(tokens.reshape(-1, 1).astype(np.int64, copy=False))
