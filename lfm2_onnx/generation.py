@@ -239,12 +239,12 @@ class Lfm2Model:
         for start in range(0, width, PREFILL_CHUNK):
             piece = ids[:, start:start + PREFILL_CHUNK]
             cached = start + piece.shape[1]
-            binding = self.sessions.uniform.io_binding()
+            binding = self.sessions.prefill.io_binding()
             binding.bind_cpu_input("input_ids", piece)
             binding.bind_cpu_input("seqlens_k", np.full(batch, cached - 1, np.int32))
             binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
             caches.bind_outputs(binding, parity, next_seqlens=True)
-            self.sessions.uniform.run_with_iobinding(binding, self._run_options(-1))
+            self.sessions.prefill.run_with_iobinding(binding, self._run_options(-1))
             parity = 1 - parity
         return parity
 

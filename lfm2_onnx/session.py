@@ -96,9 +96,11 @@ def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> 
 class DecoderSessions:
     """The runtime's two variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
 
-    `uniform` runs every decode step and any prefill whose rows are all real tokens; `ragged`, made
-    on first use, prefills right-padded prompts of unequal length. Both take the weights uploaded
-    once by this class, so the second session adds no weight memory.
+    `uniform` runs every decode step; `prefill` (the same graph) any prefill whose rows are all
+    real tokens; `ragged`, made on first use, prefills right-padded prompts of unequal length. All
+    take the weights uploaded once by this class, so extra sessions add no weight memory.
+    With CUDA graphs, `prefill` is a second session without them: in a session that captures,
+    uncaptured runs were measured 0.2-0.4 ms slower (BENCHMARKS.md).
     """
 
     def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
@@ -116,6 +118,7 @@ class DecoderSessions:
             raise UserError(f"{layout.onnx_path}: can't read the ONNX graph ({e}); build the folder again") from None
         self.weights = graphs.upload_weights(self._folder_graph, self.device)
         self.uniform = self._session(uniform, cuda_graph=cuda_graph)
+        self.prefill = self._session(uniform, cuda_graph=False) if cuda_graph else self.uniform
         self._ragged = None
 
     @property
