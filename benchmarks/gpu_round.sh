@@ -30,3 +30,12 @@ if has bench; then
     done
   done
 fi
+if has int8; then  # q8f16: build, verify against transformers on the GPU, benchmark next to genai
+  for m in LFM2-350M LFM2-1.2B; do
+    [ -d "$work/ck-$m" ] || python3 -m lfm2_onnx.builder.random_checkpoint "$models/$m" -o "$work/ck-$m"
+    [ -d "$work/$m-q8f16" ] || python3 -m lfm2_onnx.build -i "$work/ck-$m" -o "$work/$m-q8f16" -p int8 -e cuda -q
+    python3 -m lfm2_onnx.verify "$work/$m-q8f16" --reference "$work/ck-$m" --ep cuda 2>&1 | tail -4
+    python3 -m lfm2_onnx.bench "$work/$m-q8f16" --ep cuda --prompt-len 1024 --gen 128 --compare-genai \
+      --json "$out/bench-$m-q8f16-b1.json" 2>&1 | grep -v "Warning\|W:onnxruntime" | tail -6
+  done
+fi

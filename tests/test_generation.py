@@ -234,7 +234,7 @@ def test_runtime_equals_reference_driver_on_other_precisions(factory, tiny_check
 
 @cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("precision", ["fp16", "int4"])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 def test_cuda_runtime_equals_reference_driver(factory, tiny_checkpoint, precision):
     """On the GPU, captured graphs of the derived graph pick the folder graph's tokens, alone and ragged."""
     folder = factory.export(tiny_checkpoint, precision, "cuda")
