@@ -157,7 +157,10 @@ def _channels_last_conv(graph: ir.Graph) -> None:
             index = gather.inputs[1]
             if id(index) not in index_t:
                 swap = _node("Transpose", [index], perm=[0, 2, 1], name="state_index_channels_last")
-                graph.insert_after(index.producer(), swap) if index.producer() else graph.insert_before(graph[0], swap)
+                if index.producer() is not None:
+                    graph.insert_after(index.producer(), swap)
+                else:
+                    graph.insert_before(graph[0], swap)
                 index_t[id(index)] = swap.outputs[0]
             gather.replace_input_with(1, index_t[id(index)])
         for state in [past, *[o for o in graph.outputs if o.producer() is not None and o.name.startswith("present")
