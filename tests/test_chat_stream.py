@@ -58,6 +58,11 @@ EXAMPLES = [
     f"<think>a</think>{S}[f(from='x', class=1)]{E}\n",
     f"{S}[f(s=\"quote {E} inside\")]{E}",
     "<think>tabs\tand\nnewlines\n\n</think>\t\nanswer\n",
+    # what real models write: repaired calls, and unreadable calls beside readable ones
+    f"{S}[run(cmd='sed -n '1,5p' f.py')]{E}",
+    f'{S}[write(path="a.txt", text="line 1\nline 2")]{E}',
+    f"{S}[set_alarm(hour=07, minute=05)]{E}",
+    f"Checking. {S}[a(x=1), b(1), c(y='it's')]{E} done",
 ]
 
 
@@ -182,6 +187,18 @@ def test_unterminated_call_becomes_content_at_finish():
 def test_malformed_call_becomes_content_when_closed():
     parser = ChatStreamParser()
     assert parser.feed(f"{S}[f(1)]{E}") == [ContentDelta(f"{S}[f(1)]{E}")]
+
+
+def test_unreadable_calls_become_content_beside_the_read_ones():
+    parser = ChatStreamParser(make_id=counting_ids())
+    assert parser.feed(f"{S}[a(x=1), b(1), c(cmd='ls 'x'')") == []
+    events = parser.feed(f"]{E}")
+    assert [e.index for e in events if isinstance(e, ToolCallEvent)] == [0, 1]
+    assert [e for e in events if isinstance(e, ContentDelta)] == [ContentDelta(f"{S}[b(1)]{E}")]
+    assert [c["function"]["arguments"] for c in parser.final_message()["tool_calls"]] == [
+        '{"x": 1}',
+        '{"cmd": "ls \'x\'"}',
+    ]
 
 
 def test_feed_after_finish_is_an_error():

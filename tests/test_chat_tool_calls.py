@@ -8,7 +8,7 @@ import keyword
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from lfm2_onnx.chat import (
@@ -135,6 +135,99 @@ def test_call_forms(body, expected):
 )
 def test_malformed_blocks_stay_text(body):
     text = f"before {S}{body}{E} after"
+    assert parse_tool_calls(text) == (text, [])
+
+
+# --- what real models write: recovered where the intent is unambiguous -------------------------------
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        # raw line breaks inside a quoted string
+        ('[write_file(path="a.txt", content="line 1\nline 2\n")]',
+         [("write_file", {"path": "a.txt", "content": "line 1\nline 2\n"})]),
+        ("[f(s='a\r\nb', n=1)]", [("f", {"s": "a\r\nb", "n": 1})]),
+        ('[{"name": "note", "arguments": {"text": "two\nlines"}}]', [("note", {"text": "two\nlines"})]),
+        # unescaped quotes of the string's own kind in a shell or code argument
+        ("[run(cmd='sed -n '1,5p' f.py')]", [("run", {"cmd": "sed -n '1,5p' f.py"})]),
+        ('[run(cmd="grep -rn "TODO" src", timeout=30)]', [("run", {"cmd": 'grep -rn "TODO" src', "timeout": 30})]),
+        ("[python(code='print('hi')')]", [("python", {"code": "print('hi')"})]),
+        ("[f(s='it's', t='you're')]", [("f", {"s": "it's", "t": "you're"})]),
+        ("[f(s='x'', t=1,)]", [("f", {"s": "x'", "t": 1})]),
+        ("[write(code='def f():\n    return 'x'\n')]", [("write", {"code": "def f():\n    return 'x'\n"})]),
+        ("run(cmd='echo '[1, (2' && ls', cwd='/tmp')", [("run", {"cmd": "echo '[1, (2' && ls", "cwd": "/tmp"})]),
+        ("[a(cmd='ls 'x''), b(cmd='cat 'y'')]", [("a", {"cmd": "ls 'x'"}), ("b", {"cmd": "cat 'y'"})]),
+        ("[f(s='it's', from='a', class=1)]", [("f", {"s": "it's", "from": "a", "class": 1})]),
+        ('[f(s="a\\"b "c"")]', [("f", {"s": 'a"b "c"'})]),  # escaped and unescaped quotes together
+        # integers with leading zeros are decimal
+        ("[set_alarm(hour=07, minute=05)]", [("set_alarm", {"hour": 7, "minute": 5})]),
+        ("[f(x=007, y=-08, z=[01, 00], w={'k': 09})]", [("f", {"x": 7, "y": -8, "z": [1, 0], "w": {"k": 9}})]),
+        ("[f(x=007.5, y=1e007, s='007', t=\"x = 010\")]", [("f", {"x": 7.5, "y": 1e7, "s": "007", "t": "x = 010"})]),
+        ("[f(s='it's 007', n=010)]", [("f", {"s": "it's 007", "n": 10})]),  # only numbers outside strings
+        # brackets and commas inside strings do not cut calls
+        ('[f(s="a), g(b=1"), h(x="[", y="{(")]', [("f", {"s": "a), g(b=1"}), ("h", {"x": "[", "y": "{("})]),
+        ("[f(s='it's, (x'), g(n=1)]", [("f", {"s": "it's, (x"}), ("g", {"n": 1})]),
+    ],
+)
+def test_recovered_calls(body, expected):
+    text = f"before {S}{body}{E} after"
+    assert parse_tool_calls(text)[0] == "before  after"
+    assert calls_of(text) == expected
+
+
+@pytest.mark.parametrize(
+    "body, expected_calls, unread",
+    [
+        ("[a(x=1), b(1), c(y=2)]", [("a", {"x": 1}), ("c", {"y": 2})], "b(1)"),
+        ("[a(x=1), b(1), c(y=open('x')), d()]", [("a", {"x": 1}), ("d", {})], "b(1), c(y=open('x'))"),
+        ("[bad(1), ok(s='it's')]", [("ok", {"s": "it's"})], "bad(1)"),
+        ('[f(s="a, b), c(d"), 1, "g()"]', [("f", {"s": "a, b), c(d"})], '1, "g()"'),
+        ("[a(x=1),\n  b(oops=]", [("a", {"x": 1})], "b(oops="),
+        ('[{"name": "f", "arguments": {"a": 1}}, {"name": ""}]', [("f", {"a": 1})], '{"name": ""}'),
+        ("[f(a=1), f(a=1, a=2), g(a=1e400)]", [("f", {"a": 1})], "f(a=1, a=2), g(a=1e400)"),
+        # the quote rule ends this code string early and the rest is no call: that call stays text
+        ("[python(code='g(a='1', b=2)'), ok()]", [("ok", {})], "python(code='g(a='1', b=2)')"),
+        ("[f(s='never closed), g(n=1)]", [("g", {"n": 1})], "f(s='never closed)"),
+    ],
+)
+def test_unreadable_calls_stay_content_beside_the_read_ones(body, expected_calls, unread):
+    text = f"before {S}{body}{E} after"
+    content, _ = parse_tool_calls(text)
+    assert content == f"before {S}[{unread}]{E} after"
+    assert calls_of(text) == expected_calls
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[python(code='g(a='1', b=2)')]",  # a quote before `, b=` ends the string: the rest is not a call
+        "[f(s='unterminated)]",
+        "[f(s='a' 'b' c)]",
+        "[f(xs=['it's'])]",  # strings inside lists keep Python's rule
+        "[f(x=0_7)]",
+        "[f(x=08j)]",
+        "[f(s=r'it's')]",  # prefixed strings are not repaired
+    ],
+)
+def test_ambiguous_calls_stay_text(body):
+    text = f"before {S}{body}{E} after"
+    assert parse_tool_calls(text) == (text, [])
+
+
+def test_valid_python_is_read_as_python_before_any_repair():
+    # Implicit concatenation is valid Python: the lenient quote rule never applies to it.
+    assert calls_of(f"{S}[f(s='a' 'b', t='c')]{E}") == [("f", {"s": "ab", "t": "c"})]
+
+
+def test_the_quote_rule_is_applied_as_written():
+    """A quote followed by `, name=` ends the string, even where a human would read code on."""
+    assert calls_of(f"{S}[python(code='print('a', end='')')]{E}") == [("python", {"code": "print('a", "end": "')"})]
+
+
+def test_long_zero_padded_integers():
+    assert calls_of(f"{S}[f(n=0{'7' * 300})]{E}") == [("f", {"n": int("7" * 300)})]
+    text = f"{S}[f(n=0{'7' * 5000})]{E}"  # past Python's int <-> str digit limit: not readable, no error
     assert parse_tool_calls(text) == (text, [])
 
 
@@ -279,9 +372,11 @@ def test_round_trip_with_any_names(calls):
     assert parse_tool_calls(format_tool_calls(tool_calls), make_id=counting_ids()) == ("", tool_calls)
 
 
-# Text built from pieces that exercise the parser: markers, brackets, quotes, keywords, escapes.
+# Text built from pieces that exercise the parser: markers, brackets, quotes, keywords, escapes, and
+# what the repairs look at (zero-padded numbers, quotes before `, name=` or `)`, triple quotes, prefixes).
 FRAGMENTS = [S, E, S, E, "[", "]", "(", ")", "{", "}", "f", "(a=", "=", ",", '"', "'", "\\", "1", "-", "True",
-             "null", "from", "**", "\n", " ", "é", "\ud83d", "<think>", "</think>", "<|tool_call", "e9", "#"]
+             "null", "from", "**", "\n", " ", "é", "\ud83d", "<think>", "</think>", "<|tool_call", "e9", "#",
+             "007", "0" * 5, "\r", "cmd='", "', b=", "')", '")]', "'''", "r'", "x(s='it's')", "g(n=01)"]
 marker_heavy_text = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.text(max_size=5)), max_size=30).map("".join)
 
 
@@ -295,6 +390,48 @@ def test_parse_never_raises_and_keeps_all_text(text):
     for call in tool_calls:
         assert isinstance(json.loads(call["function"]["arguments"]), dict)
         call["function"]["arguments"].encode("utf-8")  # valid text for any JSON/HTTP layer
+
+
+# String values a model writes raw: line breaks and unescaped quotes of the string's own kind.
+raw_values = st.text(alphabet=st.sampled_from(list("ab ,.()[]{}=:-é0'\"\n\r\t")), max_size=16)
+
+
+@settings(max_examples=400, deadline=None)
+@given(values=st.lists(raw_values, min_size=1, max_size=3), quote=st.sampled_from(["'", '"']))
+def test_strings_written_raw_are_recovered(values, quote):
+    # Outside the quote rule: a quote then `,` or `)` (reads as the string's end); a quote then any
+    # quote, or one ending the value (valid Python, implicit concatenation: `"a" "b"` is "ab", and
+    # valid Python wins); a value opening with its quote (a triple quote).
+    for value in values:
+        assume(not value.startswith(quote))
+        assume(not re.search(rf"{quote}\s*([,)'\"]|$)", value))
+    arguments = {f"k{i}": value for i, value in enumerate(values)}
+    call = "f(" + ", ".join(f"{key}={quote}{value}{quote}" for key, value in arguments.items()) + ")"
+    text = f"{S}[{call}, g(n=01)]{E}"
+    assert parse_tool_calls(text)[0] == ""
+    assert calls_of(text) == [("f", arguments), ("g", {"n": 1})]
+
+
+# Calls that never read, each balanced in brackets and quotes (so where it ends is clear).
+UNREADABLE_CALLS = ["f(1)", "g(a=b)", "h(**kw)", "obj.m(a=1)", "k(a=1, a=2)", "1", '"text"', "q(a=1e400)",
+                    "r(a={1, 2})", "s(a='x' 'y' z)", "u(x=0_7)", '{"name": ""}']
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    calls=openai_calls(any_names),
+    bad=st.lists(st.sampled_from(UNREADABLE_CALLS), min_size=1, max_size=3),
+    data=st.data(),
+)
+def test_unreadable_calls_do_not_take_the_good_ones_down(calls, bad, data):
+    tool_calls = as_openai(calls, counting_ids())
+    good = [format_tool_calls([call])[len(S) + 1 : -len(E) - 1] for call in tool_calls]  # "f(a=1)"
+    places = sorted(data.draw(st.lists(st.integers(0, len(good)), min_size=len(bad), max_size=len(bad))))
+    written = list(good)
+    for offset, (place, call) in enumerate(zip(places, bad)):
+        written.insert(place + offset, call)
+    text = f"<{S}[{', '.join(written)}]{E}>"
+    assert parse_tool_calls(text, make_id=counting_ids()) == (f"<{S}[{', '.join(bad)}]{E}>", tool_calls)
 
 
 @settings(max_examples=300, deadline=None)

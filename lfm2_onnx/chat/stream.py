@@ -11,8 +11,8 @@ Feed the decoded text as it arrives; each call returns the events it settled:
 
 Content flows out as soon as it is known not to start a marker: a delta ending in "<|tool_c" is held
 back until the next one tells whether a call block begins. A call block is held whole and becomes
-ToolCallEvents when `<|tool_call_end|>` arrives (or content, verbatim, if it does not parse or is
-never closed). The rules for think blocks and whitespace are those of reasoning.split_reasoning.
+ToolCallEvents when `<|tool_call_end|>` arrives; what of it does not parse becomes content as
+tool_calls.parse_call_block says, and a block never closed is content verbatim. The rules for think blocks and whitespace are those of reasoning.split_reasoning.
 """
 
 from __future__ import annotations
@@ -150,10 +150,9 @@ class ChatStreamParser:
             return False
         body, self._pending = self._call_text[:end], self._call_text[end + len(TOOL_CALL_END) :]
         self._call_text, self._call_search_from, self._mode = "", 0, _CONTENT
-        calls = parse_call_block(body, make_id=self._make_id)
-        if calls is None:
-            self._emit_content(TOOL_CALL_START + body + TOOL_CALL_END, events)
-        for call in calls or ():
+        block = parse_call_block(body, make_id=self._make_id)
+        self._emit_content(block.content, events)  # the calls that did not read, or the whole block
+        for call in block.tool_calls:
             events.append(ToolCallEvent(call, len(self._tool_calls)))
             self._tool_calls.append(call)
         return True

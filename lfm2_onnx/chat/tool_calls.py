@@ -10,8 +10,30 @@ When asked for JSON ("Output function calls as JSON") they write JSON objects in
 
 Both forms are parsed here without ever evaluating the text: the JSON form with `json`, the Python
 form with `ast`, reading only literals (strings, numbers, booleans, None/null, lists, dicts) and
-keyword arguments. A block that does not parse stays in the content as the raw text, markers
-included, so nothing the model wrote is lost and no exception escapes.
+keyword arguments.
+
+Real models also write calls that are not quite Python. When a block does not parse as written, it
+is cut into its calls at top-level commas and each call is read on its own, as written first, then
+with these repairs (and only these, where the intent is unambiguous):
+
+- a line break (or carriage return) typed raw inside a quoted string is read as if escaped;
+- an integer with leading zeros is decimal: `hour=07` -> 7, `x=-010` -> -10 (Python 3 and JSON refuse
+  them; nobody passes octal to a tool). Zeros inside strings and in floats like `007.5` are untouched;
+- a keyword argument's string may hold unescaped quotes of its own kind (shell or code:
+  `cmd='sed -n '1,5p' f.py'`). The quote rule: inside such a string, a quote ends it only if what
+  follows, after optional spaces, is `, name=` (the next argument) or `)` ending the call (itself
+  followed by `,` or the end); any other quote is part of the text. So a string that itself holds
+  `', name=` ends there (`code='f(a='1', b=2)'` reads `code="f(a='1"`). The rule applies to strings
+  that are direct argument values; strings inside lists or dicts, r/b/f-strings and triple-quoted
+  ones end where Python ends them. Valid Python always wins: `s='a' 'b'` is "ab", and the rule is
+  tried only on a call that does not read otherwise.
+
+The cut at top-level commas is made twice, once reading strings as Python does and once with the
+quote rule, and the cut that reads more calls is kept (Python's on a tie), so a broken string
+cannot swallow its neighbours. Calls that still do not read lose no text: when none of a block's
+calls reads, the block stays in the content verbatim, markers included; when some do, those become
+tool calls and the others stay in the content as one block of their own,
+`<|tool_call_start|>[bad(1), worse(=)]<|tool_call_end|>`. No exception escapes.
 """
 
 from __future__ import annotations
@@ -21,6 +43,7 @@ import io
 import json
 import keyword
 import math
+import re
 import secrets
 import tokenize
 import unicodedata
@@ -56,9 +79,10 @@ def new_tool_call_id() -> str:
 def parse_tool_calls(text: str, *, make_id: IdFactory | None = None) -> ParsedToolCalls:
     """Split generated text into (content, tool_calls).
 
-    Every `<|tool_call_start|>...<|tool_call_end|>` block that parses becomes OpenAI-style tool
-    calls (in order) and leaves the content; text around the blocks is kept as is. A block that
-    does not parse, or one never closed, stays in the content verbatim. Never raises.
+    The calls of every `<|tool_call_start|>...<|tool_call_end|>` block become OpenAI-style tool
+    calls (in order) and leave the content; text around the blocks is kept as is. A block none of
+    whose calls reads, or one never closed, stays in the content verbatim; calls that do not read
+    beside ones that do stay in the content as a block of their own. Never raises.
     """
     content_parts: list[str] = []
     tool_calls: list[dict] = []
@@ -72,27 +96,27 @@ def parse_tool_calls(text: str, *, make_id: IdFactory | None = None) -> ParsedTo
         if end < 0:
             break  # unterminated: the rest, marker included, is content
         content_parts.append(text[position:start])
-        calls = parse_call_block(text[body_start:end], make_id=make_id)
-        if calls is None:
-            content_parts.append(text[start : end + len(TOOL_CALL_END)])
-        else:
-            tool_calls.extend(calls)
+        block = parse_call_block(text[body_start:end], make_id=make_id)
+        content_parts.append(block.content)
+        tool_calls.extend(block.tool_calls)
         position = end + len(TOOL_CALL_END)
     content_parts.append(text[position:])
     return ParsedToolCalls("".join(content_parts), tool_calls)
 
 
-def parse_call_block(body: str, *, make_id: IdFactory | None = None) -> list[dict] | None:
-    """The OpenAI tool calls written between the markers, or None if `body` is not a call list."""
-    try:
-        named_arguments = [(name, _arguments_json(name, arguments)) for name, arguments in _read_calls(body.strip())]
-    except Exception:  # noqa: BLE001 - any failure on model text means "not a call block"
-        return None
+def parse_call_block(body: str, *, make_id: IdFactory | None = None) -> ParsedToolCalls:
+    """The calls written between the markers, and what of the block stays content. Never raises.
+
+    content is "" when every call reads, the whole block (markers included) when none does, and
+    otherwise the calls that do not read, as a block of their own (see the module docstring).
+    """
+    read, unread = _read_block(body)
+    if not read:
+        return ParsedToolCalls(TOOL_CALL_START + body + TOOL_CALL_END, [])
+    content = TOOL_CALL_START + "[" + ", ".join(unread) + "]" + TOOL_CALL_END if unread else ""
     make_id = make_id or new_tool_call_id
-    return [
-        {"id": make_id(), "type": "function", "function": {"name": name, "arguments": arguments}}
-        for name, arguments in named_arguments
-    ]
+    calls = [{"id": make_id(), "type": "function", "function": {"name": n, "arguments": a}} for n, a in read]
+    return ParsedToolCalls(content, calls)
 
 
 def format_tool_calls(tool_calls: list[dict]) -> str:
@@ -111,6 +135,50 @@ def format_tool_calls(tool_calls: list[dict]) -> str:
 
 
 # --- reading ---------------------------------------------------------------------------------------
+
+NamedArguments = tuple[str, str]  # (name, arguments as a JSON string)
+
+
+def _read_block(body: str) -> tuple[list[NamedArguments], list[str]]:
+    """(calls read, calls left unread as written): the whole block as written, else call by call."""
+    whole = _read_source(body.strip())
+    if whole is not None:
+        return whole, []
+    text = _without_list_brackets(body.strip())
+    best: tuple[list[NamedArguments], list[str]] = ([], [])
+    for quote_rule in (False, True):  # the cut reading strings as Python does, then the lenient one
+        read, unread = [], []
+        for part in _scan(text, quote_rule=quote_rule):
+            if not part.written.strip():
+                continue  # nothing between two commas
+            calls = _read_part(part.written)
+            if calls is None:
+                unread.append(part.written.strip())
+            else:
+                read += calls
+        if len(read) > len(best[0]):
+            best = (read, unread)
+        if not unread:
+            break
+    return best
+
+
+def _read_part(written: str) -> list[NamedArguments] | None:
+    """The calls in one top-level part of a block: as written, else with line breaks in strings and
+    zero-padded integers repaired, else with the quote rule too; None if none of those reads."""
+    calls = _read_source(written.strip())
+    for quote_rule in (False, True):
+        if calls is not None:
+            break
+        calls = _read_source(_repaired(written, quote_rule=quote_rule).strip())
+    return calls
+
+
+def _read_source(source: str) -> list[NamedArguments] | None:
+    try:
+        return [(name, _arguments_json(name, arguments)) for name, arguments in _read_calls(source)]
+    except Exception:  # noqa: BLE001 - any failure on model text means "not calls"
+        return None
 
 
 def _read_calls(body: str) -> list[tuple[str, dict]]:
@@ -279,6 +347,137 @@ def _arguments_json(name: str, arguments: dict) -> str:
     text = json.dumps(arguments, ensure_ascii=False)
     text.encode("utf-8")
     return text
+
+
+# --- repairing what real models write ---------------------------------------------------------------
+#
+# One pass over a block's text finds its strings, brackets and top-level commas, cuts it into calls
+# and writes each call's repaired text (see the module docstring for the repairs and the quote rule).
+
+_QUOTES = "'\""
+_OPENING_BRACKETS = "([{"
+_CLOSING_BRACKETS = ")]}"
+# What the pass stops at outside strings: a quote, a bracket, a comma, or a zero-padded integer.
+_SIGNIFICANT = re.compile(r"""['"()\[\]{},]|(?<![\w.])0+[0-9]+(?![\w.])""")
+# The quote rule: after a quote, what shows the argument's string ended there.
+_NEXT_ARGUMENT = re.compile(r"\s*,\s*[^\W\d]\w*\s*=(?!=)")
+_END_OF_CALL = re.compile(r"\s*,?\s*\)\s*(?:,|\Z)")
+_STRING_REPAIRS = {"\n": "\\n", "\r": "\\r", "\0": "\\x00"}
+
+
+class _Part(NamedTuple):
+    written: str  # as the model wrote it
+    repaired: str  # the same with the repairs made
+
+
+def _without_list_brackets(text: str) -> str:
+    return text[1:-1] if text.startswith("[") and text.endswith("]") else text
+
+
+def _repaired(text: str, *, quote_rule: bool) -> str:
+    return ",".join(part.repaired for part in _scan(text, quote_rule=quote_rule))
+
+
+def _scan(text: str, *, quote_rule: bool) -> list[_Part]:
+    """Cut `text` at top-level commas, repairing each part; the quote rule only if `quote_rule`."""
+    return _Scanner(text, quote_rule).parts()
+
+
+class _Scanner:
+    """The pass itself. Linear in the text: a string that runs to the end of the text without ending
+    is remembered, so later strings of the same quote skip that search (it would fail the same way)."""
+
+    def __init__(self, text: str, quote_rule: bool):
+        self.text = text
+        self.quote_rule = quote_rule
+        self.no_end_after: dict[str, int] = {}  # quote -> no string it opens after this index ends
+        self.no_argument_end_after: dict[str, int] = {}  # the same for the quote rule's ends
+
+    def parts(self) -> list[_Part]:
+        text = self.text
+        parts: list[_Part] = []
+        repaired: list[str] = []  # pieces of the current part's repaired text
+        brackets: list[str] = []  # the brackets open at this point
+        part_start = copied = 0
+        while match := _SIGNIFICANT.search(text, copied):
+            token, start, end = match.group(), match.start(), match.end()
+            repaired.append(text[copied:start])
+            if token in _QUOTES:
+                prefixed = start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_")  # r'', b'', f''
+                argument = self.quote_rule and not prefixed and brackets == ["("]
+                end, token = self._string(start, repair=not prefixed, argument=argument)
+            elif token[0].isdigit():
+                token = token.lstrip("0") or "0"  # not int(): no digit limit, no error
+            elif token in _OPENING_BRACKETS:
+                brackets.append(token)
+            elif token in _CLOSING_BRACKETS:
+                if brackets:
+                    brackets.pop()
+            elif not brackets:  # a top-level comma: the end of a call
+                parts.append(_Part(text[part_start:start], "".join(repaired)))
+                repaired, part_start, token = [], end, ""
+            repaired.append(token)
+            copied = end
+        repaired.append(text[copied:])
+        parts.append(_Part(text[part_start:], "".join(repaired)))
+        return parts
+
+    def _string(self, start: int, *, repair: bool, argument: bool) -> tuple[int, str]:
+        """Where the string opened at `start` ends, and its text (repaired if `repair`).
+
+        `argument`: the string is a keyword argument's value, read with the quote rule. A string
+        that never ends is only its opening quote, so the scan goes on (and its call stays unread).
+        """
+        text, quote = self.text, self.text[start]
+        if text.startswith(quote * 3, start):
+            return self._triple_quoted(start)
+        if start > self.no_end_after.get(quote, len(text)):
+            return start + 1, quote
+        argument = argument and start <= self.no_argument_end_after.get(quote, len(text))
+        pieces = [quote]
+        python_end = None  # with the quote rule: where Python ends the string, (index, pieces)
+        position = start + 1
+        while position < len(text):
+            char = text[position]
+            if char == "\\":
+                pieces.append(text[position : position + 2])
+                position += 2
+                continue
+            if char == quote:
+                if not argument or _ends_argument(text, position + 1):
+                    return position + 1, "".join(pieces) + quote
+                python_end = python_end or (position, len(pieces))
+                char = "\\" + quote
+            elif repair:
+                char = _STRING_REPAIRS.get(char, char)
+            pieces.append(char)
+            position += 1
+        if argument:
+            self.no_argument_end_after[quote] = start
+        if python_end is not None:  # no quote ends the argument: end where Python does
+            position, count = python_end
+            return position + 1, "".join(pieces[:count]) + quote
+        self.no_end_after[quote] = start
+        return start + 1, quote
+
+    def _triple_quoted(self, start: int) -> tuple[int, str]:
+        """A triple-quoted string, as written (line breaks and lone quotes are valid in it)."""
+        text, delimiter = self.text, self.text[start : start + 3]
+        position = start + 3
+        if start <= self.no_end_after.get(delimiter, len(text)):
+            while position < len(text):
+                if text[position] == "\\":
+                    position += 2
+                elif text.startswith(delimiter, position):
+                    return position + 3, text[start : position + 3]
+                else:
+                    position += 1
+            self.no_end_after[delimiter] = start
+        return start + 1, delimiter[0]  # never ends: only its first quote
+
+
+def _ends_argument(text: str, position: int) -> bool:
+    return bool(_NEXT_ARGUMENT.match(text, position) or _END_OF_CALL.match(text, position))
 
 
 # --- writing ---------------------------------------------------------------------------------------
