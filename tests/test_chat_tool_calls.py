@@ -153,6 +153,8 @@ def test_malformed_blocks_stay_text(body):
         ("[run(cmd='sed -n '1,5p' f.py')]", [("run", {"cmd": "sed -n '1,5p' f.py"})]),
         ('[run(cmd="grep -rn "TODO" src", timeout=30)]', [("run", {"cmd": 'grep -rn "TODO" src', "timeout": 30})]),
         ("[python(code='print('hi')')]", [("python", {"code": "print('hi')"})]),
+        ('[say(text="He said "hi", then left", n=1)]', [("say", {"text": 'He said "hi", then left', "n": 1})]),
+        ('[sql(q="SELECT * FROM t WHERE name = "bob"")]', [("sql", {"q": 'SELECT * FROM t WHERE name = "bob"'})]),
         ("[f(s='it's', t='you're')]", [("f", {"s": "it's", "t": "you're"})]),
         ("[f(s='x'', t=1,)]", [("f", {"s": "x'", "t": 1})]),
         ("[write(code='def f():\n    return 'x'\n')]", [("write", {"code": "def f():\n    return 'x'\n"})]),
