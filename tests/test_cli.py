@@ -678,3 +678,27 @@ def test_every_option_has_help(module):
     undocumented = [a.option_strings or a.dest for a in parser._actions
                     if a.help is None and not isinstance(a, argparse._HelpAction)]
     assert undocumented == []
+
+
+def test_readme_lists_every_pass_rule():
+    """The README's Verify section states the thresholds verify applies, every one of them."""
+    from lfm2_onnx.builder.verify import THRESHOLDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Verify\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "≤" in line]
+    assert len(rows) == len(THRESHOLDS)
+    for row, (key, rule) in zip(rows, THRESHOLDS.items()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        number = lambda cell: float(cell.split()[1])  # noqa: E731  "≤ 1e-4 × max(1, std)" -> 1e-4
+        assert cells[2].startswith("≤ ") and number(cells[2]) == rule["mean_kl"], (key, row)
+        assert cells[3] == ("100%" if rule["top1"] == 1 else f"≥ {rule['top1']:.0%}"), (key, row)
+        if rule["tie_margin"] == 0:
+            assert cells[4] == "0 (every position)", (key, row)
+        else:
+            assert float(cells[4].split()[0]) == rule["tie_margin"] and cells[4].endswith("× max(1, std)"), (key, row)
+        if rule["max_abs"] is None:
+            assert cells[1] == "", (key, row)
+        else:
+            assert number(cells[1]) == rule["max_abs"] and cells[1].endswith("× max(1, std)"), (key, row)
+        assert cells[5] == ("identical" if key == "fp32" else "not judged"), (key, row)

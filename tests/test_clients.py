@@ -266,3 +266,41 @@ def test_transformers_js_stops_at_the_same_eos(node, eos_case):
     folder, prompt, expected, eos_id = eos_case
     [tokens] = run_transformers_js(node, folder, [prompt], dtype="fp32")
     assert tokens == expected + [eos_id]  # transformers.js keeps the EOS
+
+
+# --- the README's onnxruntime-genai example ------------------------------------------------------
+
+
+def readme_python_block(heading: str) -> str:
+    readme = (CLIENTS_DIR.parents[1] / "README.md").read_text()
+    section = readme.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_genai_example_runs_the_prompt_transformers_runs(tiny_export, tiny_checkpoint, hf_model, eos_ids,
+                                                                  capsys):
+    pytest.importorskip("onnxruntime_genai")
+    from lfm2_onnx.generation import Lfm2Model
+
+    code = readme_python_block("## Run an export in onnxruntime-genai")
+    assert 'og.Model("demo")' in code
+    namespace: dict = {}
+    exec(compile(code.replace('og.Model("demo")', f"og.Model({str(tiny_export)!r})"), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+
+    text, messages = "The capital of France is", [{"role": "user", "content": "What is the capital of France?"}]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ours = Lfm2Model.load(tiny_export, max_length=128)
+    prompt = [int(t) for t in namespace["prompt"]]
+    assert prompt == tokenizer(text).input_ids == ours.encode(text)
+    chat_prompt = [int(t) for t in namespace["chat_prompt"]]
+    hf_chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert chat_prompt == hf_chat["input_ids"] == ours.chat_prompt(messages)[0]
+
+    sequence = [int(t) for t in namespace["generator"].get_sequence(0)]
+    with torch.no_grad():
+        hf = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               do_sample=False, max_new_tokens=64 - len(prompt))
+    assert sequence[:len(prompt)] == prompt
+    assert before_eos(sequence[len(prompt):], eos_ids) == before_eos(hf[0, len(prompt):].tolist(), eos_ids)
+    assert printed.strip() == namespace["tokenizer"].decode(namespace["generator"].get_sequence(0)).strip()
