@@ -6,7 +6,8 @@
 * Distance from the unquantized model (default options: accuracy_level 4), KL and top-1, with
   the thresholds measured on the tiny checkpoints recorded below.
 * The folder: file names, one shared table for tied models, config.json/genai_config.json.
-* Clients: onnxruntime-genai and transformers.js pick the same greedy tokens as our Stepper.
+* Clients: onnxruntime-genai and transformers.js pick the same greedy tokens as our Stepper, compared
+  through EOS (tests/test_clients.py: before_eos), so a random model may stop anywhere on any CPU.
 * Bad input: unsupported block sizes and option combinations are one-line errors.
 """
 
