@@ -7,9 +7,12 @@ interrupted or failed build never leaves anything that looks like a model.
 from __future__ import annotations
 
 import errno
+import glob
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -50,7 +53,8 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions, *, overwrite: bool =
     out = check_output(out, overwrite, checkpoint)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+        remove_stale_partials(out)
+        staging = Path(tempfile.mkdtemp(prefix=_partial_prefix(out), dir=out.parent))
         staging.chmod(0o777 & ~_umask())  # mkdtemp makes it private; the export is an ordinary folder
     except OSError as e:
         raise UserError(f"cannot create {out.name} in {out.parent} ({e.strerror}); choose a writable -o") from None
@@ -64,6 +68,43 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions, *, overwrite: bool =
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     return ExportResult(out, spec, opts, time.perf_counter() - start, size)
+
+
+# A build writes into .NAME.partial-HOST-PID-XXXX beside OUT. A build killed outright (SIGKILL, power
+# loss) can't remove it, so the next build of NAME removes those whose process is gone: same host,
+# pid no longer running. Folders named before the pid was recorded (.NAME.partial-XXXX) are removed
+# once they are a day old; no build takes that long.
+_LEGACY_PARTIAL_AGE_S = 24 * 3600
+
+
+def _partial_prefix(out: Path) -> str:
+    return f".{out.name}.partial-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the partial folders of earlier builds of `out` whose process is gone; returns them."""
+    owned = re.compile(rf"\.{re.escape(out.name)}\.partial-(?P<host>.+)-(?P<pid>\d+)-[^-]+")
+    removed = []
+    for path in out.parent.glob(f".{glob.escape(out.name)}.partial-*"):
+        match = owned.fullmatch(path.name)
+        if match:
+            stale = match["host"] == socket.gethostname() and not _running(int(match["pid"]))
+        else:
+            stale = time.time() - path.stat().st_mtime > _LEGACY_PARTIAL_AGE_S
+        if stale and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def check_output(out: Path, overwrite: bool, checkpoint: Path | None = None) -> Path:

@@ -69,14 +69,20 @@ def write_random_checkpoint(source: Path, dest: Path, *, std: float = 0.1, seed:
     return dest
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m lfm2_onnx.builder.random_checkpoint", description=__doc__.split("\n\n")[0])
     p.add_argument("source", type=Path, help="folder with a real config.json (and tokenizer files)")
-    p.add_argument("-o", "--output", type=Path, required=True)
+    p.add_argument("-o", "--output", type=Path, required=True, help="checkpoint folder to write")
     p.add_argument("--std", type=float, default=0.1, help="std of the weights (default 0.1: varied greedy tokens)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
-    args = p.parse_args(argv)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same weights "
+                                                       "(default 0)")
+    p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
+                   help="dtype of the stored weights (default bf16, as LiquidAI's checkpoints)")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     write_random_checkpoint(args.source, args.output, std=args.std, seed=args.seed, dtype=dtype)
     print(f"wrote {args.output}")

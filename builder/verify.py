@@ -8,6 +8,8 @@ agreeing argmaxes at every step mean free-running greedy decoding yields the sam
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import json
 import sys
 from dataclasses import dataclass, field
@@ -16,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lfm2_onnx.errors import UserError
 from lfm2_onnx.stepper import Stepper, read_genai_config
 
 from .blocks import FUSED_LINEARS
 from .quantize import read_quantized_weights
+from .spec import load_spec
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -46,6 +50,7 @@ THRESHOLDS = {
 # (dequantized_reference), so what is left to judge is the arithmetic: MatMulNBits accuracy_level
 # -> its compute type; fp16 activations (q4f16, q8f16) take fp16's thresholds whatever the level.
 _ACCURACY_LEVEL_KEYS = {0: "fp32", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8_act"}
+_RULE_NAMES = {"int8_act": "int8 activations (MatMulNBits accuracy level 4)"}
 _FP16_ACTIVATION_DTYPES = ("q4f16", "q8f16")
 
 
@@ -113,7 +118,9 @@ class Report:
         limits = ", ".join(f"{names[k]} {'≥' if k == 'top1' else '≤'} {v:g}" for k, v in t.items()
                            if v is not None and k in names)
         limits += f" (top-1*: where the reference leads by ≥ {t['tie_margin']:g} × max(1, std))"
-        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({self.precision}: {limits})")
+        limits += "; identical greedy tokens" if self.precision == "fp32" else "; greedy match not judged"
+        lines.append(f"{'PASS' if self.passed else 'FAIL'} ({_RULE_NAMES.get(self.precision, self.precision)}: "
+                     f"{limits})")
         return "\n".join(lines)
 
 
@@ -126,25 +133,48 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
+@contextlib.contextmanager
+def quiet_transformers():
+    """transformers' own chatter while verify uses it (the weight-loading bar, the note that the
+    optional causal_conv1d kernels are not installed): the report is what the user asked for."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bar:
+            hf_logging.enable_progress_bar()
+
+
 def load_reference(checkpoint: Path):
     from transformers import Lfm2ForCausalLM
 
     # fp32 reference on the GPU when there is one (a 1.2B model's 32 steps are slow on 2 cores).
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
+    with quiet_transformers():
+        return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
+
+
+def _cache_argument(model) -> str:
+    """The name forward() takes the cache by: `cache` since transformers 5.x renamed `past_key_values`."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, list[np.ndarray], list[int]]:
     """transformers with its own cache: prefill logits, per-step logits, greedy tokens."""
-    device = model.device
-    with torch.no_grad():
+    device, cache_name = model.device, _cache_argument(model)
+    with torch.no_grad(), quiet_transformers():
         out = model(torch.tensor([prompt], device=device), use_cache=True)
         prefill = out.logits[0].float().cpu().numpy()
-        cache, token = out.past_key_values, int(out.logits[0, -1].argmax())
+        cache, token = out[cache_name], int(out.logits[0, -1].argmax())
         step_logits, tokens = [], [token]
         for _ in range(steps):
-            out = model(torch.tensor([[token]], device=device), past_key_values=cache, use_cache=True)
-            cache = out.past_key_values
+            out = model(torch.tensor([[token]], device=device), **{cache_name: cache}, use_cache=True)
+            cache = out[cache_name]
             step_logits.append(out.logits[0, -1].float().cpu().numpy())
             token = int(out.logits[0, -1].argmax())
             tokens.append(token)
@@ -241,8 +271,33 @@ def tokenize_prompts(folder: Path, texts) -> list[list[int]]:
     return [tokenizer.encode(t).ids for t in texts]
 
 
+# The spec fields that fix the weights' shapes and the arithmetic: a reference that differs in one
+# of them is another model, whose logits can't be compared (or don't even have the same shape).
+SAME_MODEL_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "layer_types", "num_attention_heads",
+                     "num_key_value_heads", "head_dim", "conv_kernel", "conv_bias", "tie_word_embeddings",
+                     "rope_theta", "norm_eps")
+
+
+def check_same_model(folder: Path, checkpoint: Path) -> None:
+    """UserError naming the config fields in which the export and the reference differ."""
+    if not (Path(folder) / "config.json").is_file():
+        return  # not our folder layout (config.json is written by every lfm2_onnx build)
+    ours, reference = load_spec(Path(folder))[0], load_spec(Path(checkpoint))[0]
+    diffs = []
+    for name in SAME_MODEL_FIELDS:
+        a, b = getattr(ours, name), getattr(reference, name)
+        if a != b:
+            if name == "layer_types":
+                a, b = (f"[{len(t)} layers, {t.count('full_attention')} attention]" for t in (a, b))
+            diffs.append(f"{name} {a} vs {b}")
+    if diffs:
+        raise UserError(f"{folder} was not built from {checkpoint}: their configs differ in {'; '.join(diffs)} "
+                        "(export vs reference); give --reference the checkpoint the export was built from")
+
+
 def run_verification(folder: Path, checkpoint: Path, *, ep: str = "cpu", texts=DEFAULT_PROMPTS,
                      steps: int = 32) -> int:
+    check_same_model(folder, checkpoint)  # before loading anything
     prompts = tokenize_prompts(folder, texts)
     if quantized_dtype(folder) is None:
         report = compare(folder, checkpoint, prompts, steps=steps, ep=ep)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ArgumentParser, UserError, cli_entry
-from .session import ModelLayout
+from .session import ModelLayout, check_ep_flag
 
 
 def prompts_for(vocab: int, batch: int, length: int, seed: int = 0) -> list[list[int]]:
@@ -167,11 +167,13 @@ def _engine_subprocess(engine: str, args) -> dict:
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.bench", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder")
-    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--prompt-len", type=int, default=1024)
-    p.add_argument("--gen", type=int, default=128)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
+    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"],
+                   help="execution provider: cpu or cuda (needs onnxruntime-gpu); default cpu")
+    p.add_argument("--prompt-len", type=int, default=1024,
+                   help="tokens per prompt (random ids, the same for every engine); default 1024")
+    p.add_argument("--gen", type=int, default=128, help="new tokens per row, greedy decoding; default 128")
+    p.add_argument("--batch", type=int, default=1, help="prompts decoded together; default 1")
     p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (medians reported)")
     p.add_argument("--compare-genai", action="store_true", help="also run onnxruntime-genai on the same folder")
     p.add_argument("--engine", choices=["ours", "ours-nograph", "genai"], help=argparse.SUPPRESS)  # internal
@@ -185,6 +187,9 @@ def main(argv=None) -> int:
     layout = ModelLayout.from_folder(args.folder)
     if args.prompt_len < 2 or args.gen < 2:
         raise UserError("--prompt-len and --gen must be at least 2")
+    if args.batch < 1 or args.runs < 1:
+        raise UserError("--batch and --runs must be at least 1")
+    check_ep_flag(args.ep)
     prompts = prompts_for(layout.vocab_size, args.batch, args.prompt_len)
     if args.engine:  # one engine in this process; the parent collects the JSON line
         if args.engine == "genai":

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import signal
 import sys
+import threading
 
 # Environment variables whose values must never reach a terminal or a log.
 _SECRET_VARS = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -32,11 +34,23 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message}; see {self.prog} --help")
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that cleanup (a build's partial folder) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 def cli_entry(main):
-    """Wrap a CLI main(argv) so a UserError becomes `error: ...` on stderr and exit code 2."""
+    """Wrap a CLI main(argv) so a UserError becomes `error: ...` on stderr and exit code 2, and
+    SIGINT/SIGTERM unwind through cleanup code and exit 130/143."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        previous = None
+        if threading.current_thread() is threading.main_thread():  # signal handlers live in the main thread
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
         try:
             return main(argv)
         except UserError as e:
@@ -45,5 +59,11 @@ def cli_entry(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Terminated:
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper

@@ -8,11 +8,38 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .sampling import PRESETS, check_field
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)  # argparse turns a ValueError into "invalid _positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
+_positive_int.__name__ = "integer"  # argparse names the type in "invalid integer value: 'x'"
+
+
+def _sampling_flag(field: str, kind: type):
+    """An argparse type holding a flag to the SamplingParams field's own rule; the error names the flag."""
+    flag = "--" + field.replace("_", "-")
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise UserError(f"{flag} takes {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+        check_field(field, value, shown=flag)  # a UserError passes through argparse as it is
+        return value
+
+    return convert
 
 
 def parser() -> ArgumentParser:
@@ -23,18 +50,37 @@ def parser() -> ArgumentParser:
     p.add_argument("--system", help="system prompt for --chat")
     p.add_argument("--tools", type=Path, help="JSON file with a list of tools (OpenAI function format), for --chat")
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
-    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
-    p.add_argument("--max-new-tokens", type=int, default=256)
-    p.add_argument("--max-length", type=int, help="KV positions per row (prompt + new tokens); default 4096")
-    p.add_argument("--preset", help="sampling preset: greedy, lfm2 (LiquidAI's recommended), ...")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int)
-    p.add_argument("--top-p", type=float)
-    p.add_argument("--min-p", type=float)
-    p.add_argument("--repetition-penalty", type=float)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", help="stop string (repeatable)")
+    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"],
+                   help="execution provider: cpu (onnxruntime) or cuda (needs onnxruntime-gpu); default cpu")
+    p.add_argument("--max-new-tokens", type=_positive_int, default=256,
+                   help="most tokens to generate per reply (default 256; stops earlier at EOS or --stop)")
+    p.add_argument("--max-length", type=_positive_int,
+                   help="KV positions per row (prompt + new tokens), at most the model's context; default 4096")
+    s = p.add_argument_group("sampling (default: the folder's generation_config.json; greedy without one)")
+    s.add_argument("--preset", choices=list(PRESETS),
+                   help="greedy, lfm2 (LiquidAI's recommended for LFM2), lfm2.5 (for LFM2.5) or creative; "
+                        "the flags below override its fields")
+    s.add_argument("--temperature", type=_sampling_flag("temperature", float),
+                   help="softmax temperature, >= 0; 0 is greedy")
+    s.add_argument("--top-k", type=_sampling_flag("top_k", int), help="keep the k most likely tokens; 0 turns it off")
+    s.add_argument("--top-p", type=_sampling_flag("top_p", float),
+                   help="keep the smallest set of tokens whose probability reaches p, in (0, 1]; 1 turns it off")
+    s.add_argument("--min-p", type=_sampling_flag("min_p", float),
+                   help="drop tokens less likely than min-p x the most likely one, in [0, 1); 0 turns it off")
+    s.add_argument("--repetition-penalty", type=_sampling_flag("repetition_penalty", float),
+                   help="divide the scores of tokens already seen (transformers' rule), > 0; 1 turns it off")
+    s.add_argument("--seed", type=_sampling_flag("seed", int), help="random seed for sampling (reproducible runs)")
+    s.add_argument("--stop", action="append", help="stop string (repeatable)")
     return p
+
+
+def _check_room(model, ids: list[int], args) -> None:
+    """The prompt plus --max-new-tokens must fit the KV positions the model was loaded with."""
+    if len(ids) + args.max_new_tokens > model.capacity:
+        context = model.layout.context_length
+        limit = f"--max-length {args.max_length}" if args.max_length else f"the default --max-length {model.capacity}"
+        raise UserError(f"the prompt ({len(ids)} tokens) + --max-new-tokens {args.max_new_tokens} exceeds {limit}; "
+                        f"lower --max-new-tokens or raise --max-length (the model allows {context})")
 
 
 def _sampling(args) -> dict:
@@ -116,10 +162,17 @@ def main(argv=None) -> int:
     if args.tools and not args.chat:
         raise UserError("--tools needs --chat")
     tools = _read_tools(args.tools)
-    from .generation import Lfm2Model
+    from .generation import Lfm2Model, check_max_length
+    from .session import ModelLayout, check_ep_flag
 
+    # The flags are checked here, so that errors name them (the API's name its arguments).
+    layout = ModelLayout.from_folder(args.folder)
+    if args.max_length is not None:
+        check_max_length(args.max_length, layout.context_length, shown="--max-length")
+    check_ep_flag(args.ep)
     model = Lfm2Model.load(args.folder, ep=args.ep, max_length=args.max_length)
     if not args.chat:
+        _check_room(model, model.encode(args.prompt), args)
         _say(model, args.prompt, args)
         return 0
     history = [{"role": "system", "content": args.system}] if args.system else []
@@ -134,6 +187,7 @@ def main(argv=None) -> int:
                 return 0
         history.append({"role": "user", "content": pending})
         while True:  # the model may call tools several times before it answers
+            _check_room(model, model.chat_prompt(history, tools)[0], args)
             print("assistant> ", end="", flush=True)
             reply = _chat_turn(model, history, tools, args)
             history.append(reply)

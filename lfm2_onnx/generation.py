@@ -63,6 +63,8 @@ class Lfm2Model:
              cuda_graph: bool = True) -> Lfm2Model:
         """Open an export. max_length: KV positions per row (prompt + new tokens), default 4096."""
         layout = ModelLayout.from_folder(folder)
+        if max_length is not None:
+            check_max_length(max_length, layout.context_length)
         capacity = min(max_length or DEFAULT_CAPACITY, layout.context_length)
         return cls(layout, ep, capacity, cuda_graph)
 
@@ -361,6 +363,16 @@ def _release(emitted: str, held: str, stop: list[str], final: bool = False) -> t
 def _cut_at_stop(text: str, stop: list[str]) -> str:
     cuts = [text.find(s) for s in stop if s and s in text]
     return text[:min(cuts)] if cuts else text
+
+
+def check_max_length(max_length, context_length: int, shown: str = "max_length") -> None:
+    """UserError unless max_length is a whole number of positions the model has (a CLI passes its flag)."""
+    if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 1:
+        raise UserError(f"{shown} must be an integer >= 1 (KV positions per row: prompt + new tokens), "
+                        f"got {max_length!r}")
+    if max_length > context_length:
+        raise UserError(f"{shown} {max_length} exceeds the model's context of {context_length} tokens; "
+                        f"give at most {context_length}")
 
 
 def _read_generation_config(folder: Path) -> SamplingParams:

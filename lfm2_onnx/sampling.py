@@ -59,22 +59,32 @@ class SamplingParams:
 
     def validate(self) -> None:
         """Raise UserError naming the first bad field and its valid range."""
-        _check_number("temperature", self.temperature, "must be >= 0 (0 means greedy)", lambda v: v >= 0)
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
-            raise UserError(f"top_k must be an integer >= 0 (0 turns it off), got {self.top_k!r}")
-        _check_number("top_p", self.top_p, "must be in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1)
-        _check_number("min_p", self.min_p, "must be in [0, 1) (0 turns it off)", lambda v: 0 <= v < 1)
-        _check_number("repetition_penalty", self.repetition_penalty, "must be > 0 (1 turns it off)",
-                      lambda v: v > 0)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or self.seed < 0):
-            raise UserError(f"seed must be an integer >= 0 or None, got {self.seed!r}")
+        for name in _RULES:
+            check_field(name, getattr(self, name))
 
 
-def _check_number(field: str, value, rule: str, ok) -> None:
-    is_number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-    if not is_number or not math.isfinite(value) or not ok(value):
-        raise UserError(f"{field} {rule}, got {value!r}")
+# The valid range of each field, said once: validate() and the generate CLI's flags both use it.
+# (integer?, rule, test); seed may also be None.
+_RULES = {
+    "temperature": (False, "must be >= 0 (0 means greedy)", lambda v: v >= 0),
+    "top_k": (True, "must be an integer >= 0 (0 turns it off)", lambda v: v >= 0),
+    "top_p": (False, "must be in (0, 1] (1 turns it off)", lambda v: 0 < v <= 1),
+    "min_p": (False, "must be in [0, 1) (0 turns it off)", lambda v: 0 <= v < 1),
+    "repetition_penalty": (False, "must be > 0 (1 turns it off)", lambda v: v > 0),
+    "seed": (True, "must be an integer >= 0", lambda v: v >= 0),  # or None: no seed
+}
+
+
+def check_field(field: str, value, shown: str | None = None) -> None:
+    """UserError unless value is valid for the SamplingParams field; the message names it `shown`
+    (a CLI passes its flag, e.g. --top-k) or the field itself."""
+    integer, rule, ok = _RULES[field]
+    if field == "seed" and value is None:
+        return
+    kinds = (int, np.integer) if integer else (int, float, np.integer, np.floating)
+    valid = isinstance(value, kinds) and not isinstance(value, bool) and math.isfinite(value) and ok(value)
+    if not valid:
+        raise UserError(f"{shown or field} {rule}, got {value!r}")
 
 
 PRESETS: dict[str, SamplingParams] = {

@@ -66,6 +66,10 @@ class ModelLayout:
             raise UserError(f"{folder}/genai_config.json is not an LFM2 genai config ({e!r}); rebuild the folder") from None
         if not onnx_path.is_file():
             raise UserError(f"{folder}: {decoder['filename']} is missing; the export is incomplete, build it again")
+        missing = missing_external_data(onnx_path, folder)
+        if missing:
+            raise UserError(f"{folder}: {', '.join(missing)} (the weights of {decoder['filename']}) "
+                            f"{'is' if len(missing) == 1 else 'are'} missing; the export is incomplete, build it again")
         return layout
 
     @property
@@ -77,13 +81,54 @@ class ModelLayout:
         return [i for i, t in enumerate(self.layer_types) if t == "conv"]
 
 
+def missing_external_data(onnx_path: Path, root: Path) -> list[str]:
+    """The external weight files the ONNX file names that are not beside it (paths relative to root)."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    locations = {entry.value for tensor in graph.initializer if tensor.data_location == onnx.TensorProto.EXTERNAL
+                 for entry in tensor.external_data if entry.key == "location"}
+    paths = [onnx_path.parent / location for location in locations]
+    return sorted(str(path.relative_to(root)) for path in paths if not path.is_file())
+
+
+def cuda_unavailable() -> str | None:
+    """Why onnxruntime's CUDA provider can't be used here, with the fix; None when it can."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return None
+    from importlib import metadata
+
+    def installed(name: str) -> bool:
+        try:
+            metadata.version(name)
+            return True
+        except metadata.PackageNotFoundError:
+            return False
+
+    if installed("onnxruntime"):  # the CPU build owns the module: installing the GPU one beside it breaks both
+        genai = " onnxruntime-genai" if installed("onnxruntime-genai") else ""
+        return (f"needs onnxruntime-gpu, but the CPU onnxruntime is installed (both install the module onnxruntime): "
+                f"pip uninstall -y onnxruntime{genai}, then pip install onnxruntime-gpu"
+                + (" onnxruntime-genai-cuda" if genai else ""))
+    return "needs onnxruntime-gpu with a CUDA device: pip install onnxruntime-gpu"
+
+
+def check_ep_flag(ep: str) -> None:
+    """A CLI's --ep, refused before anything loads when this environment can't run it."""
+    why = cuda_unavailable() if ep == "cuda" else None
+    if why:
+        raise UserError(f"--ep cuda {why}; or use --ep cpu")
+
+
 def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> list:
     import onnxruntime as ort
 
     if ep == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise UserError("ep='cuda' needs onnxruntime-gpu with a CUDA device (pip install lfm2-onnx[cuda]); "
-                            "use ep='cpu' otherwise")
+        why = cuda_unavailable()
+        if why:
+            raise UserError(f"ep='cuda' {why}; or use ep='cpu'")
         if hasattr(ort, "preload_dlls"):
             ort.preload_dlls()  # CUDA/cuDNN from the pip packages, before the first CUDA session
         cuda = {**layout.provider_options.get("cuda", {}), "enable_cuda_graph": "1" if cuda_graph else "0"}

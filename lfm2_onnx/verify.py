@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{folder}: no tokenizer.json; the export is incomplete, build it again")
     if args.steps < 0:
         raise UserError(f"--steps {args.steps}: give a number of decode steps >= 0")
+    from .session import check_ep_flag
+
+    check_ep_flag(args.ep)
     from .builder.sources import resolve
     from .builder.verify import DEFAULT_PROMPTS, run_verification
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,23 @@ def tiny_checkpoint(factory) -> Path:
 def tiny_export(factory, tiny_checkpoint) -> Path:
     """fp32 CPU export of the default tiny checkpoint."""
     return factory.export(tiny_checkpoint)
+
+
+def _skip_reason(report) -> str:
+    """A skip's reason, with every path under ../shared/models folded into one reason."""
+    longrepr = report.longrepr
+    reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+    reason = reason.removeprefix("Skipped: ")
+    if str(SHARED_MODELS) in reason or "../shared/models" in reason:
+        return f"{SHARED_MODELS} (real LFM2 metadata) is absent, so the real-shape tests did not run"
+    return reason
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line naming what was skipped and why, so a green run never hides tests that did not run."""
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if r.skipped]
+    if not skipped:
+        return
+    reasons = Counter(_skip_reason(r) for r in skipped)
+    parts = "; ".join(f"{count} because {reason}" for reason, count in reasons.most_common())
+    terminalreporter.write_line(f"skipped {len(skipped)}: {parts}", yellow=True)

@@ -502,3 +502,203 @@ def test_build_verify_runs_the_comparison(tmp_path, capsys):
     assert rc == 0, out
     assert "max|Δlogit|" in out and "greedy match: 3/3 prompts identical over 32 tokens" in out
     assert "\nPASS (fp32" in out
+
+
+def test_verify_reference_of_another_shape(work, capsys, tiny_export):
+    """A reference of another shape: the configs are compared first, and the differing fields named."""
+    from lfm2_onnx.builder.tiny import write_tiny_checkpoint
+
+    other = write_tiny_checkpoint(work / "other", vocab_size=1024, layer_types=["conv", "full_attention"])
+    rc = verify_cli.main([str(tiny_export), "--reference", str(other)])
+    captured = capsys.readouterr()
+    line = assert_user_error(rc, captured.out, captured.err, "was not built from", "vocab_size 768 vs 1024",
+                             "layer_types [6 layers, 2 attention] vs [2 layers, 1 attention]",
+                             "give --reference the checkpoint the export was built from")
+    assert "hidden_size" not in line  # only the fields that differ
+    assert captured.out == ""  # nothing was loaded or compared
+
+
+def test_verify_prints_no_transformers_chatter(capfd, tiny_export, tiny_checkpoint):
+    """verify's own use of transformers (loading bar, optional-kernel notes, deprecations) stays quiet."""
+    assert verify_cli.main([str(tiny_export), "--reference", str(tiny_checkpoint), "--steps", "2"]) == 0
+    captured = capfd.readouterr()
+    assert captured.err == "", captured.err
+    assert captured.out.splitlines()[0].startswith("phase") and "PASS (fp32" in captured.out
+
+
+# --- interrupted builds --------------------------------------------------------------------------
+
+SLOW_BUILD = """
+import sys, time
+from lfm2_onnx import build
+from lfm2_onnx.builder import export
+
+real = export.save_with_external_data
+
+def slow(*args, **kwargs):  # writes the weights, then waits to be killed
+    chunks = real(*args, **kwargs)
+    print("written", flush=True)
+    time.sleep(120)
+    return chunks
+
+export.save_with_external_data = slow
+sys.exit(build.main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_during_build_leaves_nothing(work):
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, "-m", "lfm2-tiny-random", "-o", "out", "-q"],
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written", proc.stderr.read() if proc.poll() is not None else ""
+        assert [p.name for p in work.glob(".out.partial-*")]  # the build is under way
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip() == "terminated"
+    assert_nothing_left(work, work / "out")
+
+
+def test_next_build_removes_stale_partials_only(work, capsys, tiny_checkpoint):
+    import socket
+
+    host = socket.gethostname()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    stale = work / f".out.partial-{host}-{dead_pid}-abc123"
+    live = work / f".out.partial-{host}-{os.getpid()}-def456"  # a build still running (this process)
+    other_host = work / f".out.partial-elsewhere-{dead_pid}-ghi789"  # can't tell: another machine's
+    other_name = work / f".other.partial-{host}-{dead_pid}-jkl012"  # another output's
+    legacy_old, legacy_new = work / ".out.partial-oldname1", work / ".out.partial-oldname2"  # no pid recorded
+    for folder in (stale, live, other_host, other_name, legacy_old, legacy_new):
+        (folder / "onnx").mkdir(parents=True)
+        (folder / "onnx" / "model.onnx_data").write_bytes(b"\0" * 1024)
+    day_ago = os.stat(legacy_old).st_mtime - 2 * 24 * 3600
+    os.utime(legacy_old, (day_ago, day_ago))
+
+    rc, out, err = run_build(capsys, "-i", tiny_checkpoint, "-o", work / "out")
+    assert rc == 0, err
+    assert (work / "out" / "genai_config.json").is_file()
+    left = sorted(p.name for p in work.iterdir() if ".partial-" in p.name)
+    assert left == sorted(p.name for p in (live, other_host, other_name, legacy_new))
+
+
+# --- python -m lfm2_onnx.generate ----------------------------------------------------------------
+
+
+def run_generate(capsys, *args) -> tuple[int, str, str]:
+    from lfm2_onnx import generate
+
+    rc = generate.main([*map(str, args)])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+def test_generate_missing_weights(work, capsys, tiny_export):
+    folder = shutil.copytree(tiny_export, work / "export")
+    (folder / "onnx" / "model.onnx_data").unlink()
+    rc, out, err = run_generate(capsys, folder, "--prompt", "Hi")
+    assert_user_error(rc, out, err, "onnx/model.onnx_data", "is missing", "build it again")
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--max-length", "-1"], ["argument --max-length: must be an integer >= 1, got -1"]),
+    (["--max-length", "100000"], ["--max-length 100000 exceeds the model's context of 4096", "at most 4096"]),
+    (["--max-new-tokens", "0"], ["argument --max-new-tokens: must be an integer >= 1, got 0"]),
+    (["--max-new-tokens", "5000"], ["+ --max-new-tokens 5000 exceeds the default --max-length 4096",
+                                    "lower --max-new-tokens or raise --max-length"]),
+    (["--max-length", "8", "--max-new-tokens", "6"], ["+ --max-new-tokens 6 exceeds --max-length 8"]),
+    (["--top-k", "-1"], ["--top-k must be an integer >= 0"]),
+    (["--top-p", "1.5"], ["--top-p must be in (0, 1]"]),
+    (["--min-p", "1"], ["--min-p must be in [0, 1)"]),
+    (["--temperature", "warm"], ["--temperature takes a number, got 'warm'"]),
+    (["--repetition-penalty", "0"], ["--repetition-penalty must be > 0"]),
+    (["--seed", "-2"], ["--seed must be an integer >= 0"]),
+    (["--preset", "spicy"], ["--preset", "invalid choice: 'spicy'", "lfm2"]),
+])
+def test_generate_flags_are_checked_by_their_names(capsys, tiny_export, args, needles):
+    rc, out, err = run_generate(capsys, tiny_export, "--prompt", "The capital of France is", *args)
+    line = assert_user_error(rc, out, err, *needles)
+    assert "max_new_tokens" not in line and "max_length" not in line and "top_k" not in line
+
+
+def test_generate_chat_turn_checks_room(capsys, tiny_export, monkeypatch):
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))
+    rc, out, err = run_generate(capsys, tiny_export, "--chat", "--prompt", "Hi", "--max-length", "12",
+                                "--max-new-tokens", "8")
+    assert_user_error(rc, "", err, "+ --max-new-tokens 8 exceeds --max-length 12")
+
+
+def test_cuda_hint_says_uninstall_the_cpu_build_first(monkeypatch):
+    import onnxruntime
+    from importlib import metadata
+
+    from lfm2_onnx import session
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    installed = {"onnxruntime": "1.32.0", "onnxruntime-genai": "0.18.0"}
+
+    def version(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(metadata, "version", version)
+    with pytest.raises(UserError) as e:
+        session.check_ep_flag("cuda")
+    message = str(e.value)
+    assert message.startswith("--ep cuda needs onnxruntime-gpu, but the CPU onnxruntime is installed")
+    assert message.index("pip uninstall -y onnxruntime onnxruntime-genai") < message.index("pip install onnxruntime-gpu")
+    assert "lfm2-onnx[cuda]" not in message and message.endswith("or use --ep cpu")
+    installed.pop("onnxruntime-genai")
+    with pytest.raises(UserError, match=r"pip uninstall -y onnxruntime, then pip install onnxruntime-gpu;"):
+        session.check_ep_flag("cuda")
+    installed.clear()
+    with pytest.raises(UserError, match=r"needs onnxruntime-gpu with a CUDA device: pip install onnxruntime-gpu"):
+        session.check_ep_flag("cuda")
+    session.check_ep_flag("cpu")  # no check for the CPU
+
+
+# --- --help --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("module", ["lfm2_onnx.build", "lfm2_onnx.verify", "lfm2_onnx.generate", "lfm2_onnx.bench",
+                                    "lfm2_onnx.builder.random_checkpoint"])
+def test_every_option_has_help(module):
+    import argparse
+    import importlib
+
+    parser = importlib.import_module(module).parser()
+    undocumented = [a.option_strings or a.dest for a in parser._actions
+                    if a.help is None and not isinstance(a, argparse._HelpAction)]
+    assert undocumented == []
+
+
+def test_readme_lists_every_pass_rule():
+    """The README's Verify section states the thresholds verify applies, every one of them."""
+    from lfm2_onnx.builder.verify import THRESHOLDS
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Verify\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "≤" in line]
+    assert len(rows) == len(THRESHOLDS)
+    for row, (key, rule) in zip(rows, THRESHOLDS.items()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        number = lambda cell: float(cell.split()[1])  # noqa: E731  "≤ 1e-4 × max(1, std)" -> 1e-4
+        assert cells[2].startswith("≤ ") and number(cells[2]) == rule["mean_kl"], (key, row)
+        assert cells[3] == ("100%" if rule["top1"] == 1 else f"≥ {rule['top1']:.0%}"), (key, row)
+        if rule["tie_margin"] == 0:
+            assert cells[4] == "0 (every position)", (key, row)
+        else:
+            assert float(cells[4].split()[0]) == rule["tie_margin"] and cells[4].endswith("× max(1, std)"), (key, row)
+        if rule["max_abs"] is None:
+            assert cells[1] == "", (key, row)
+        else:
+            assert number(cells[1]) == rule["max_abs"] and cells[1].endswith("× max(1, std)"), (key, row)
+        assert cells[5] == ("identical" if key == "fp32" else "not judged"), (key, row)

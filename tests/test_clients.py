@@ -13,6 +13,11 @@ FP16_TIE_TOLERANCE of the float32 maximum along the sequence it generated (teach
 transformers), which a wrong graph or a mishandled cache fails by whole logits, and (b) for
 onnxruntime-genai, which runs the same onnxruntime build as our Stepper, agree with the Stepper's
 greedy tokens on the same file exactly.
+
+Clients end a sequence differently at EOS: transformers, transformers.js and the Stepper keep the
+EOS token, onnxruntime-genai drops it. Every comparison is therefore made through EOS, on the
+tokens before the first EOS (`before_eos`), so it holds wherever a random model happens to stop on
+a given CPU's kernels; test_clients_stop_at_the_same_eos makes every client stop, on any CPU.
 """
 
 from __future__ import annotations
@@ -36,10 +41,8 @@ GENERATE_MJS = CLIENTS_DIR / "generate.mjs"
 TRANSFORMERS_JS = CLIENTS_DIR / "node_modules" / "@huggingface" / "transformers"
 
 NEW_TOKENS = 32
-# Prompts of token ids, BOS first as the tokenizer writes them; none of them reaches an EOS token
-# within NEW_TOKENS under greedy decoding of the default tiny checkpoint (checked below), so every
-# comparison covers all NEW_TOKENS decode steps. [1] is the shortest possible prompt (a prefill of
-# one token); the 51-token one makes prefill, not decode, fill most of the caches.
+# Prompts of token ids, BOS first as the tokenizer writes them. [1] is the shortest possible prompt
+# (a prefill of one token); the 51-token one makes prefill, not decode, fill most of the caches.
 PROMPTS = {
     "bos": [1],
     "short": [1, 5, 6, 8, 9],
@@ -74,11 +77,15 @@ def hf_greedy(hf_model, eos_ids) -> dict[str, list[int]]:
         for name, prompt in PROMPTS.items():
             out = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
                                     do_sample=False, max_new_tokens=NEW_TOKENS)
-            tokens[name] = out[0, len(prompt):].tolist()
-            # A precondition of the tests, not of the clients: a prompt that stops early at EOS
-            # would compare fewer steps than NEW_TOKENS. Pick another prompt if this ever fires.
-            assert len(tokens[name]) == NEW_TOKENS and not eos_ids & set(tokens[name]), (
-                f"prompt {name!r} reaches EOS under greedy decoding: {tokens[name]}")
+            tokens[name] = before_eos(out[0, len(prompt):].tolist(), eos_ids)
+    return tokens
+
+
+def before_eos(tokens: list[int], eos: set[int]) -> list[int]:
+    """The tokens before the first EOS: what every client agrees on, whether it keeps the EOS or not."""
+    for i, token in enumerate(tokens):
+        if token in eos:
+            return tokens[:i]
     return tokens
 
 
@@ -98,13 +105,20 @@ def stepper_greedy(stepper: Stepper, prompt: list[int], new_tokens: int, eos: se
         logits = stepper.decode(np.array([token]), state)
 
 
-def assert_near_greedy(hf_model, prompt: list[int], tokens: list[int], client: str) -> None:
-    """Each token is float32's argmax, or within FP16_TIE_TOLERANCE of it, along tokens' own path."""
-    assert len(tokens) == NEW_TOKENS, f"{client} stopped after {len(tokens)} tokens: {tokens}"
+def assert_near_greedy(hf_model, prompt: list[int], tokens: list[int], eos: set[int], client: str) -> None:
+    """Each token is float32's argmax, or within FP16_TIE_TOLERANCE of it, along tokens' own path;
+    a client that stopped early must have stopped on an EOS that is such a choice there."""
+    tokens = before_eos(tokens, eos)
     with torch.no_grad():
-        logits = hf_model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1: -1].float()
-    chosen = logits[torch.arange(len(tokens)), torch.tensor(tokens)]
-    gaps = (logits.max(dim=-1).values - chosen).tolist()
+        logits = hf_model(torch.tensor([prompt + tokens])).logits[0, len(prompt) - 1:].float()
+    best = logits.max(dim=-1).values
+    if len(tokens) < NEW_TOKENS:  # it stopped: at EOS, which must be a near-greedy choice there
+        eos_gap = (best[-1] - logits[-1, sorted(eos)].max()).item()
+        assert eos_gap <= FP16_TIE_TOLERANCE, (
+            f"{client} stopped after {len(tokens)} tokens, where EOS is {eos_gap:.4f} below the best: {tokens}")
+    logits, best = logits[:-1], best[:-1]
+    chosen = logits[torch.arange(len(tokens)), torch.tensor(tokens, dtype=torch.long)]
+    gaps = (best - chosen).tolist()
     bad = [(step, tokens[step], round(gap, 4)) for step, gap in enumerate(gaps) if gap > FP16_TIE_TOLERANCE]
     assert not bad, (
         f"{client}: fp16 tokens that are not float32's greedy choice up to a near-tie "
@@ -156,18 +170,18 @@ def stepper_fp16(fp16_export):
 
 
 @pytest.mark.parametrize("prompt_name", PROMPTS)
-def test_genai_fp32_matches_transformers(genai_models, tiny_export, hf_greedy, prompt_name):
+def test_genai_fp32_matches_transformers(genai_models, tiny_export, hf_greedy, eos_ids, prompt_name):
     tokens = genai_greedy(genai_models(tiny_export), PROMPTS[prompt_name], NEW_TOKENS)
-    assert tokens == hf_greedy[prompt_name]
+    assert before_eos(tokens, eos_ids) == hf_greedy[prompt_name]
 
 
 @pytest.mark.parametrize("prompt_name", PROMPTS)
 def test_genai_fp16_generates(genai_models, fp16_export, stepper_fp16, hf_model, eos_ids, prompt_name):
     prompt = PROMPTS[prompt_name]
     tokens = genai_greedy(genai_models(fp16_export), prompt, NEW_TOKENS)
-    assert_near_greedy(hf_model, prompt, tokens, "onnxruntime-genai")
+    assert_near_greedy(hf_model, prompt, tokens, eos_ids, "onnxruntime-genai")
     # Same file, same onnxruntime kernels: genai's search must pick exactly the Stepper's tokens.
-    assert tokens == stepper_greedy(stepper_fp16, prompt, NEW_TOKENS, eos_ids)
+    assert before_eos(tokens, eos_ids) == before_eos(stepper_greedy(stepper_fp16, prompt, NEW_TOKENS, eos_ids), eos_ids)
 
 
 # --- transformers.js -----------------------------------------------------------------------------
@@ -201,15 +215,92 @@ def run_transformers_js(node: str, folder: Path, prompts: list[list[int]], dtype
     return report["generated"]
 
 
-def test_transformers_js_fp32_matches_transformers(node, tiny_export, hf_greedy):
+def test_transformers_js_fp32_matches_transformers(node, tiny_export, hf_greedy, eos_ids):
     generated = run_transformers_js(node, tiny_export, list(PROMPTS.values()), dtype="fp32")
-    assert dict(zip(PROMPTS, generated)) == hf_greedy
+    assert {name: before_eos(tokens, eos_ids) for name, tokens in zip(PROMPTS, generated)} == hf_greedy
 
 
-def test_transformers_js_fp16_generates(node, fp16_export, hf_model):
+def test_transformers_js_fp16_generates(node, fp16_export, hf_model, eos_ids):
     # No dtype: config.json's transformers.js_config must lead transformers.js to onnx/model_fp16.onnx
     # (the only graph in the folder) by itself.
     generated = run_transformers_js(node, fp16_export, list(PROMPTS.values()))
     assert len(generated) == len(PROMPTS)
     for prompt, tokens in zip(PROMPTS.values(), generated):
-        assert_near_greedy(hf_model, prompt, tokens, "transformers.js")
+        assert_near_greedy(hf_model, prompt, tokens, eos_ids, "transformers.js")
+
+
+# --- stopping at EOS -----------------------------------------------------------------------------
+
+
+def with_eos(folder: Path, eos_id: int, dest: Path) -> Path:
+    """A copy of folder whose only EOS is eos_id, in every file a client reads it from."""
+    shutil.copytree(folder, dest)
+    for name, section in (("genai_config.json", "model"), ("generation_config.json", None), ("config.json", None)):
+        data = json.loads((dest / name).read_text())
+        (data[section] if section else data)["eos_token_id"] = eos_id
+        (dest / name).write_text(json.dumps(data, indent=2))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def eos_case(tiny_export, hf_greedy, tmp_path_factory):
+    """A random model rarely emits EOS, so make one of its greedy tokens the EOS (its first occurrence
+    after a few steps): every client must stop right there, whichever CPU kernels run it.
+    -> (folder, prompt, tokens before the EOS, eos id)."""
+    prompt, full = PROMPTS["ten"], hf_greedy["ten"]
+    stop = next(i for i in range(3, len(full)) if full[i] not in full[:i])
+    folder = with_eos(tiny_export, full[stop], tmp_path_factory.mktemp("eos") / "folder")
+    return folder, prompt, full[:stop], full[stop]
+
+
+def test_stepper_and_genai_stop_at_the_same_eos(eos_case):
+    folder, prompt, expected, eos_id = eos_case
+    stepper = stepper_greedy(Stepper(folder), prompt, NEW_TOKENS, {eos_id})
+    assert stepper == expected + [eos_id]  # the Stepper keeps the EOS, as transformers does
+    genai = genai_greedy(load_genai(folder), prompt, NEW_TOKENS)
+    assert genai == expected  # onnxruntime-genai drops it
+    assert before_eos(stepper, {eos_id}) == before_eos(genai, {eos_id}) == expected
+
+
+def test_transformers_js_stops_at_the_same_eos(node, eos_case):
+    folder, prompt, expected, eos_id = eos_case
+    [tokens] = run_transformers_js(node, folder, [prompt], dtype="fp32")
+    assert tokens == expected + [eos_id]  # transformers.js keeps the EOS
+
+
+# --- the README's onnxruntime-genai example ------------------------------------------------------
+
+
+def readme_python_block(heading: str) -> str:
+    readme = (CLIENTS_DIR.parents[1] / "README.md").read_text()
+    section = readme.split(f"\n{heading}\n", 1)[1]
+    return section.split("```python\n", 1)[1].split("\n```", 1)[0]
+
+
+def test_readme_genai_example_runs_the_prompt_transformers_runs(tiny_export, tiny_checkpoint, hf_model, eos_ids,
+                                                                  capsys):
+    pytest.importorskip("onnxruntime_genai")
+    from lfm2_onnx.generation import Lfm2Model
+
+    code = readme_python_block("## Run an export in onnxruntime-genai")
+    assert 'og.Model("demo")' in code
+    namespace: dict = {}
+    exec(compile(code.replace('og.Model("demo")', f"og.Model({str(tiny_export)!r})"), "README.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+
+    text, messages = "The capital of France is", [{"role": "user", "content": "What is the capital of France?"}]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_checkpoint)
+    ours = Lfm2Model.load(tiny_export, max_length=128)
+    prompt = [int(t) for t in namespace["prompt"]]
+    assert prompt == tokenizer(text).input_ids == ours.encode(text)
+    chat_prompt = [int(t) for t in namespace["chat_prompt"]]
+    hf_chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    assert chat_prompt == hf_chat["input_ids"] == ours.chat_prompt(messages)[0]
+
+    sequence = [int(t) for t in namespace["generator"].get_sequence(0)]
+    with torch.no_grad():
+        hf = hf_model.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+                               do_sample=False, max_new_tokens=64 - len(prompt))
+    assert sequence[:len(prompt)] == prompt
+    assert before_eos(sequence[len(prompt):], eos_ids) == before_eos(hf[0, len(prompt):].tolist(), eos_ids)
+    assert printed.strip() == namespace["tokenizer"].decode(namespace["generator"].get_sequence(0)).strip()

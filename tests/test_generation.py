@@ -131,7 +131,32 @@ def test_context_overflow_is_a_clear_error(tiny_export):
         small.generate_ids([PROMPTS[0]], 10)
 
 
-@pytest.mark.parametrize("missing", ["genai_config.json", "tokenizer.json", "onnx/model.onnx"])
+@pytest.mark.parametrize("max_length,needle", [
+    (-1, "max_length must be an integer >= 1 (KV positions per row: prompt + new tokens), got -1"),
+    (0, "max_length must be an integer >= 1"),
+    (2.5, "max_length must be an integer >= 1"),
+    (100000, "max_length 100000 exceeds the model's context of 4096 tokens; give at most 4096"),
+])
+def test_max_length_is_checked(tiny_export, max_length, needle):
+    with pytest.raises(UserError) as e:
+        Lfm2Model.load(tiny_export, max_length=max_length)
+    assert needle in str(e.value)
+    assert Lfm2Model.load(tiny_export, max_length=4096).capacity == 4096  # the whole context is fine
+
+
+@pytest.mark.parametrize("messages,needle", [
+    ("hello", "messages must be a list of dicts like [{'role': 'user', 'content': 'Hi'}], got str 'hello'"),
+    ({"role": "user", "content": "hi"}, "messages must be a list of dicts"),
+    (["hello"], "chat messages must be dicts with a role and content, got 'hello'"),
+])
+def test_chat_messages_must_be_a_list_of_dicts(model, messages, needle):
+    with pytest.raises(UserError) as e:
+        model.chat(messages, max_new_tokens=2)
+    assert needle in str(e.value)
+
+
+@pytest.mark.parametrize("missing", ["genai_config.json", "tokenizer.json", "onnx/model.onnx",
+                                     "onnx/model.onnx_data"])
 def test_missing_files_are_a_one_line_error(tiny_export, tmp_path, missing):
     folder = tmp_path / "export"
     shutil.copytree(tiny_export, folder)
@@ -139,6 +164,7 @@ def test_missing_files_are_a_one_line_error(tiny_export, tmp_path, missing):
     with pytest.raises(UserError) as e:
         Lfm2Model.load(folder)
     assert "\n" not in str(e.value) and missing.split("/")[-1] in str(e.value)
+    assert "build it again" in str(e.value) or "lfm2_onnx.build" in str(e.value)
 
 
 def test_generate_cli(tiny_export, capsys):

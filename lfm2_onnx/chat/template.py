@@ -118,6 +118,9 @@ def render_chat(
 
     Raises UserError for an empty conversation, a tool that is not a dict or str, or a template error.
     """
+    if not isinstance(messages, (list, tuple)):
+        raise UserError(f"messages must be a list of dicts like [{{'role': 'user', 'content': 'Hi'}}], "
+                        f"got {type(messages).__name__} {_shorten(messages)}")
     if not messages:
         raise UserError("cannot render a chat template for an empty conversation: give at least one message")
     # transformers also takes Python functions (and refuses strings, which LFM2 templates accept as
@@ -145,9 +148,14 @@ def template_renders_tool_calls(template_source: str) -> bool:
     return "tool_calls" in template_source
 
 
+def _shorten(value, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _prepared_message(message: Mapping, inline_tool_calls: bool) -> dict:
     if not isinstance(message, Mapping):
-        raise UserError(f"chat messages must be dicts with a role and content, got {message!r}")
+        raise UserError(f"chat messages must be dicts with a role and content, got {_shorten(message)}")
     # OpenAI sends content=None next to tool calls; transformers drops None-valued keys, templates
     # handle a missing key better than a None.
     message = _plain({key: value for key, value in message.items() if value is not None})

@@ -4,4 +4,5 @@
 # its CPU binaries ship in the npm package itself, which is all these tests use.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
-ONNXRUNTIME_NODE_INSTALL=skip npm install --no-audit --no-fund "$@"
+# package-lock.json is committed: npm ci installs exactly the tree the tests were run against.
+ONNXRUNTIME_NODE_INSTALL=skip npm ci --no-audit --no-fund "$@"
