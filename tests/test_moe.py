@@ -100,14 +100,15 @@ def test_fp32_matches_transformers(case, factory):
 
 
 def test_fp16_cpu_close_to_transformers(case, factory):
-    """fp16 by distribution and greedy tokens. Not top-1 at every position: routing is discontinuous,
-    so fp16 rounding of a hidden state that sits on a router near-tie picks another expert and moves
-    that position's logits by far more than rounding (measured: up to 0.7 at one prefill position
-    of one config, mean KL 1.3e-3), a position verify's fp16 rule may then count as a flip."""
+    """fp16 by distribution, and top-1 at nearly every position. Not at every one: routing is
+    discontinuous, so fp16 rounding of a hidden state that sits on a router near-tie picks another
+    expert and moves that position's logits by far more than rounding (measured on these configs:
+    up to 0.7, a flipped argmax at 1-2 of ~100 positions, mean KL ≤ 1.3e-3). A wrong graph or
+    cache misses by whole distributions."""
     checkpoint, reference = case
     report = compare(factory.export(checkpoint, "fp16"), checkpoint, PROMPTS, steps=STEPS, reference=reference)
-    assert all(phase.mean_kl <= 5e-3 for phase in report.phases), report.table()
-    assert all(report.greedy_match), report.table()
+    for phase in report.phases:
+        assert phase.mean_kl <= 5e-3 and phase.top1 >= 0.95, report.table()
 
 
 def test_ragged_batch_rows_equal_single_runs(factory):
