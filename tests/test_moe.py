@@ -294,3 +294,24 @@ def onnx_ir_to_proto(model):
 
     model.graph.initializers.clear()  # shapes only: the lazy weights are never read
     return ir.to_proto(model)
+
+
+_cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA device")
+
+
+@_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
+def test_cuda_runtime_equals_reference_driver(factory, precision):
+    """MoE/QMoE on the GPU: the runtime (CUDA graphs, derived graphs) picks the folder graph's tokens."""
+    from lfm2_onnx import Lfm2Model
+    from test_generation import _stepper_greedy
+
+    folder = factory.export(factory.checkpoint(moe=True), precision, "cuda")
+    model = Lfm2Model.load(folder, ep="cuda", max_length=128)
+    eos = set(model.layout.eos_token_ids)
+    expected = [_stepper_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
+    assert [model.generate_ids([p], 24)[0] for p in PROMPTS] == expected
+    assert model.generate_ids(PROMPTS, 24) == expected
