@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lfm2_onnx.errors import UserError
 
+from .architectures import ARCHITECTURES
 from .genai_config import make_genai_config
 from .model import build_model
 from .options import BuildOptions
@@ -152,7 +153,7 @@ def _client_config(config: dict, spec: Lfm2Spec, opts: BuildOptions, chunks: int
     """The checkpoint's config.json, plus what transformers.js needs to load the ONNX files."""
     config = dict(config)
     config["layer_types"] = list(spec.layer_types)  # transformers.js sizes caches from layer_types
-    config.setdefault("model_type", "lfm2")
+    config.setdefault("model_type", ARCHITECTURES[spec.architecture].model_type)
     js = dict(config.get("transformers.js_config") or {})
     js["dtype"] = opts.js_dtype  # q4, q8, q4f16: the file transformers.js loads
     data = dict(js.get("use_external_data_format") or {})

@@ -6,6 +6,7 @@ genai_configs/ can be regenerated from config.json alone.
 
 from __future__ import annotations
 
+from .architectures import ARCHITECTURES
 from .model import PAST_CONV, PAST_KEY, PAST_VALUE, PRESENT_CONV, PRESENT_KEY, PRESENT_VALUE
 from .options import BuildOptions
 from .spec import Lfm2Spec
@@ -70,7 +71,7 @@ def make_genai_config(spec: Lfm2Spec, opts: BuildOptions, generation: dict | Non
             },
             "eos_token_id": eos[0] if len(eos) == 1 else eos,
             "pad_token_id": spec.pad_token_id,
-            "type": "lfm2",
+            "type": ARCHITECTURES[spec.architecture].genai_type,
             "vocab_size": spec.vocab_size,
         },
         "search": dict(sorted(search.items())),

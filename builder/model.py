@@ -8,6 +8,7 @@ from lfm2_onnx import __version__
 
 from . import blocks
 from .graph import GraphBuilder
+from .moe import moe
 from .options import BuildOptions
 from .spec import Lfm2Spec
 from .weights import Checkpoint
@@ -15,6 +16,9 @@ from .weights import Checkpoint
 # The folder contract, shared with genai_config.json and every client.
 PAST_KEY, PAST_VALUE, PAST_CONV = "past_key_values.%d.key", "past_key_values.%d.value", "past_conv.%d"
 PRESENT_KEY, PRESENT_VALUE, PRESENT_CONV = "present.%d.key", "present.%d.value", "present_conv.%d"
+
+# Lfm2Spec.feed_forward_types -> the block that builds it (their tensors: tensors.FEED_FORWARD_TENSORS).
+FEED_FORWARD_BLOCKS = {"mlp": blocks.mlp, "moe": moe}
 
 
 def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
@@ -58,8 +62,9 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Mode
                     with g.scope("conv"):
                         mixed, *present[i] = blocks.short_conv(ctx, i, normed, *past[i])
                 normed, residual = blocks.skip_rms_norm(ctx, mixed, residual, f"{prefix}.ffn_norm.weight")
-                with g.scope("mlp"):
-                    block_out = blocks.mlp(ctx, i, normed)
+                feed_forward = spec.feed_forward_types[i]
+                with g.scope(feed_forward):
+                    block_out = FEED_FORWARD_BLOCKS[feed_forward](ctx, i, normed)
         with g.scope("final"):
             normed, _ = blocks.skip_rms_norm(ctx, block_out, residual, "model.embedding_norm.weight")
         logits = blocks.lm_head(ctx, normed, input_ids)

@@ -80,7 +80,7 @@ def quantize_blockwise(weight_nk: np.ndarray, scheme: Scheme) -> tuple[np.ndarra
     return packed, scales, None if scheme.symmetric else zero_points
 
 
-class _OneQuantization:
+class OneQuantization:
     """Quantizes a weight once for its two or three initializers, handing each part out once.
 
     The writer asks for the parts one after another (they are registered together), so one
@@ -106,7 +106,7 @@ def add_quantized_weight(g: GraphBuilder, name: str, n: int, k: int, scheme: Sch
 
     Names follow onnxruntime's quantizer: <name>_Q4 / _Q8, <name>_scales, <name>_zero_points.
     """
-    once = _OneQuantization(lambda: quantize_blockwise(load(), scheme))
+    once = OneQuantization(lambda: quantize_blockwise(load(), scheme))
     blocks = scheme.k_blocks(k)
     packed = g.weight(f"{name}_Q{scheme.bits}", ir.DataType.UINT8, (n, blocks, scheme.blob_size),
                       lambda: once.take(0))
@@ -149,6 +149,8 @@ def dequantize(packed: np.ndarray, scales: np.ndarray, zero_points: np.ndarray |
 def read_quantized_weights(onnx_path: Path) -> dict[str, np.ndarray]:
     """Dequantized float32 [N, K] weights of an export, by the float weight's name (`<name>_Q4` -> name).
 
+    QMoE experts come as [E, N, K] under their initializer's name (`....experts.fc1`, `.fc2`).
+
     MatMulNBits weights have their true K; tables only a GatherBlockQuantized reads keep the padding
     to whole blocks (the caller knows the width). Loads the whole model: meant for small exports.
     """
@@ -160,6 +162,9 @@ def read_quantized_weights(onnx_path: Path) -> dict[str, np.ndarray]:
     reshaped = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Reshape"}
     weights: dict[str, np.ndarray] = {}
     for node in model.graph.node:
+        if node.op_type == "QMoE":
+            weights.update(_qmoe_experts(node, initializers))
+            continue
         if node.op_type not in ("MatMulNBits", "GatherBlockQuantized"):
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
@@ -175,3 +180,26 @@ def read_quantized_weights(onnx_path: Path) -> dict[str, np.ndarray]:
         k = attrs.get("K", arrays[1].shape[1] * attrs["block_size"])
         weights[name] = dequantize(*arrays, attrs["bits"], attrs["block_size"], k)
     return weights
+
+
+def _qmoe_experts(node, initializers) -> dict[str, np.ndarray]:
+    """A QMoE node's fc1/fc2 experts, dequantized: each expert's bytes are MatMulNBits' B."""
+    import onnx
+    from onnx import numpy_helper
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    bits = attrs.get("expert_weight_bits", 4)
+    inputs = list(node.input) + [""] * 14
+    experts = {}
+    for packed_name, scale_name, zp_name in ((inputs[2], inputs[3], inputs[11]), (inputs[5], inputs[6], inputs[12])):
+        packed, scales = (numpy_helper.to_array(initializers[n]) for n in (packed_name, scale_name))
+        zero_points = numpy_helper.to_array(initializers[zp_name]) if zp_name else None
+        k = packed.shape[2] * 8 // bits
+        block_size = attrs.get("block_size", k)  # none: one scale per output channel
+        if scales.ndim == 2:
+            scales = scales[..., None]
+            zero_points = None if zero_points is None else zero_points[..., None]
+        experts[packed_name.rsplit("_Q", 1)[0]] = np.stack([
+            dequantize(packed[e], scales[e], None if zero_points is None else zero_points[e], bits, block_size, k)
+            for e in range(packed.shape[0])])
+    return experts

@@ -19,15 +19,20 @@ import torch
 from safetensors.torch import save_file
 
 from .spec import load_spec
-from .weights import expected_shapes
+from .tensors import expected_shapes, is_norm, per_expert_names
 
 COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
           "special_tokens_map.json", "chat_template.jinja")
 SHARD_BYTES = 1 << 30
 
 
+EXPERT_LAYOUTS = ("packed", "per-expert")
+
+
 def write_random_checkpoint(source: Path, dest: Path, *, std: float = 0.1, seed: int = 0,
-                            dtype: torch.dtype = torch.bfloat16) -> Path:
+                            dtype: torch.dtype = torch.bfloat16, expert_layout: str = "packed") -> Path:
+    """expert_layout: MoE experts as transformers 5 saves them ("packed") or as LiquidAI's original
+    checkpoints do ("per-expert": experts.N.w1|w2|w3.weight)."""
     spec, _, _ = load_spec(source)
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
@@ -48,15 +53,26 @@ def write_random_checkpoint(source: Path, dest: Path, *, std: float = 0.1, seed:
             weight_map.update({name: filename for name in shard})
             shard, shard_bytes = {}, 0
 
+    def add(name: str, tensor: torch.Tensor):
+        nonlocal shard_bytes
+        if shard_bytes + tensor.nbytes > SHARD_BYTES:
+            flush()
+        shard[name] = tensor.contiguous()
+        shard_bytes += tensor.nbytes
+
     for name, shape in shapes.items():
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        if is_norm(name):
             tensor = torch.ones(shape, dtype=dtype)
         else:
             tensor = (torch.randn(shape, generator=generator) * std).to(dtype)
-        if shard_bytes + tensor.nbytes > SHARD_BYTES:
-            flush()
-        shard[name] = tensor
-        shard_bytes += tensor.nbytes
+        if expert_layout == "per-expert" and name.endswith((".experts.gate_up_proj", ".experts.down_proj")):
+            parts = per_expert_names(name, shape[0])
+            for n, expert in enumerate(tensor):  # gate_up: w1's rows, then w3's
+                for part, rows in zip(parts, expert.chunk(len(parts))):
+                    add(parts[part][n], rows.clone())
+        else:
+            add(name, tensor)
+        del tensor
     flush()
     # Rename to the usual -0000i-of-0000n names and write the index transformers reads.
     names = {}
@@ -78,13 +94,17 @@ def parser() -> argparse.ArgumentParser:
                                                        "(default 0)")
     p.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16",
                    help="dtype of the stored weights (default bf16, as LiquidAI's checkpoints)")
+    p.add_argument("--expert-layout", choices=EXPERT_LAYOUTS, default="packed",
+                   help="MoE checkpoints: experts packed per layer as transformers 5 saves them (default), "
+                        "or one tensor per expert as LiquidAI's original checkpoints")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
-    write_random_checkpoint(args.source, args.output, std=args.std, seed=args.seed, dtype=dtype)
+    write_random_checkpoint(args.source, args.output, std=args.std, seed=args.seed, dtype=dtype,
+                            expert_layout=args.expert_layout)
     print(f"wrote {args.output}")
     return 0
 

@@ -14,8 +14,25 @@ from pathlib import Path
 
 from lfm2_onnx.errors import UserError
 
-SUPPORTED_ARCHITECTURES = ("Lfm2ForCausalLM",)
 LAYER_TYPES = ("conv", "full_attention")
+
+
+@dataclass(frozen=True)
+class MoeSpec:
+    """The sparse feed-forward of Lfm2MoeForCausalLM (transformers' modeling_lfm2_moe.py).
+
+    Router: s = sigmoid(gate(x)); experts = topk(s + expert_bias, k) when use_expert_bias (the
+    bias only selects); weights = the chosen s, divided by (sum + 1e-6) when norm_topk_prob, times
+    routed_scaling_factor. Experts are SwiGLU: w2(silu(w1 x) * w3 x).
+    """
+
+    num_experts: int
+    experts_per_token: int
+    intermediate_size: int  # moe_intermediate_size: each expert's SwiGLU width
+    num_dense_layers: int  # layers below this index keep the dense MLP
+    use_expert_bias: bool
+    norm_topk_prob: bool
+    routed_scaling_factor: float
 
 
 @dataclass(frozen=True)
@@ -38,6 +55,7 @@ class Lfm2Spec:
     pad_token_id: int | None = None
     architecture: str = "Lfm2ForCausalLM"
     source_dtype: str = "float32"
+    moe: MoeSpec | None = None  # Lfm2MoeForCausalLM only
     extra: dict = field(default_factory=dict, compare=False)
 
     @property
@@ -56,13 +74,24 @@ class Lfm2Spec:
     def conv_state_size(self) -> int:
         return self.conv_kernel - 1
 
+    @property
+    def feed_forward_types(self) -> tuple[str, ...]:
+        """Per layer: "mlp" (dense SwiGLU) or "moe" (routed experts)."""
+        dense = self.num_layers if self.moe is None else self.moe.num_dense_layers
+        return tuple("mlp" if i < dense else "moe" for i in range(self.num_layers))
+
+    @property
+    def moe_layers(self) -> list[int]:
+        return [i for i, t in enumerate(self.feed_forward_types) if t == "moe"]
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("extra")
         return d
 
 
-def _ff_dim(config: dict) -> int:
+def dense_ff_dim(config: dict) -> int:
+    """Lfm2ForCausalLM's MLP width, auto-adjusted the way transformers' Lfm2MLP does."""
     # transformers: block_ff_dim (legacy) wins over intermediate_size when both are present.
     size = config.get("block_ff_dim", config.get("intermediate_size", 12288))
     if config.get("block_auto_adjust_ff_dim", True):
@@ -110,19 +139,14 @@ def _token_ids(value) -> tuple[int, ...]:
 
 def spec_from_config(config: dict, generation_config: dict | None = None) -> Lfm2Spec:
     """Normalise an LFM2 config.json dict (any vintage) into an Lfm2Spec, or raise UserError."""
-    architectures = config.get("architectures") or []
-    arch = architectures[0] if architectures else None
-    if arch is None and config.get("model_type") == "lfm2":
-        arch = "Lfm2ForCausalLM"
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise UserError(
-            f"unsupported architecture {arch!r} (model_type {config.get('model_type')!r}); "
-            f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
-        )
+    from .architectures import architecture_of  # the registry imports this module
+
+    arch = architecture_of(config)
     if config.get("quantization_config"):
         raise UserError("config.json: pre-quantized checkpoints are not supported; export from the bf16/fp32 weights")
     if config.get("block_use_swiglu") is False:
         raise UserError("config.json: block_use_swiglu=false is not supported (LFM2 MLPs are SwiGLU)")
+    feed_forward = arch.read_feed_forward(config)
 
     try:
         hidden = int(config.get("hidden_size", config.get("block_dim", 2560)))
@@ -149,7 +173,7 @@ def spec_from_config(config: dict, generation_config: dict | None = None) -> Lfm
     return Lfm2Spec(
         vocab_size=int(config.get("vocab_size", 65536)),
         hidden_size=hidden,
-        intermediate_size=_ff_dim(config),
+        intermediate_size=feed_forward.intermediate_size,
         layer_types=_layer_types(config, num_layers),
         num_attention_heads=heads,
         num_key_value_heads=kv_heads,
@@ -163,8 +187,9 @@ def spec_from_config(config: dict, generation_config: dict | None = None) -> Lfm
         bos_token_id=gen.get("bos_token_id", config.get("bos_token_id", 1)),
         eos_token_ids=eos,
         pad_token_id=gen.get("pad_token_id", config.get("pad_token_id", 0)),
-        architecture=arch,
+        architecture=arch.name,
         source_dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
+        moe=feed_forward.moe,
     )
 
 

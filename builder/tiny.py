@@ -79,6 +79,34 @@ def tiny_config(**overrides) -> dict:
     return config
 
 
+# Lfm2MoeConfig has no block_* fields: its dense layers use intermediate_size as is.
+_DENSE_ONLY_KEYS = ("block_auto_adjust_ff_dim", "block_ffn_dim_multiplier", "block_multiple_of")
+
+
+def tiny_moe_config(**overrides) -> dict:
+    """config.json dict of a tiny Lfm2MoeForCausalLM: the tiny model's layers, the first dense, the
+    rest routed over 8 small experts (top-2, expert bias, normalised weights), with overrides applied."""
+    config = tiny_config()
+    for key in _DENSE_ONLY_KEYS:
+        del config[key]
+    config.update({
+        "model_type": "lfm2_moe",
+        "architectures": ["Lfm2MoeForCausalLM"],
+        "intermediate_size": 128,
+        "moe_intermediate_size": 32,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "num_dense_layers": 1,
+        "use_expert_bias": True,
+        "norm_topk_prob": True,
+        "routed_scaling_factor": 1.0,
+        # At 0.1, routed layers damp the signal enough that greedy decoding settles on one token
+        # within a few steps for some prompts; 0.2 keeps the output varied.
+        "initializer_range": 0.2,
+    })
+    return tiny_config(**{**config, **overrides})
+
+
 def generation_config() -> dict:
     # The real LFM2 generation_config.json has no sampling defaults, so neither does this one.
     # Both <|im_end|> (end of a chat turn) and <|endoftext|> stop generation.
@@ -123,26 +151,37 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def _write_random_weights(path: Path, config: dict, seed: int) -> None:
-    """HF's own random init of Lfm2ForCausalLM under seed, saved as float32 safetensors."""
+    """HF's own random init of the config's architecture under seed, saved as float32 safetensors.
+
+    MoE expert biases, which transformers initialises to zero, get random values: a zero bias
+    would leave untested that the bias selects experts without weighting them.
+    """
     # Imported here: torch/transformers are export-time dependencies and slow to import.
     import torch
     from safetensors.torch import save_file
-    from transformers import Lfm2Config, Lfm2ForCausalLM
 
+    from .architectures import hf_classes
+
+    model_class, config_class = hf_classes(config["architectures"][0])
     torch.manual_seed(seed)
-    model = Lfm2ForCausalLM(Lfm2Config(**config)).to(torch.float32)
+    model = model_class(config_class(**config)).to(torch.float32)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    for name, tensor in state.items():
+        if name.endswith(".expert_bias"):
+            tensor.normal_(0.0, config["initializer_range"])
     if model.config.tie_word_embeddings:
         # Tied checkpoints store only the embedding, as save_pretrained and real LFM2 ones do.
         del state["lm_head.weight"]
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def write_tiny_checkpoint(dest: Path, *, seed: int = 0, **overrides) -> Path:
-    """Write a complete HF checkpoint folder to dest (created if missing) and return dest."""
+def write_tiny_checkpoint(dest: Path, *, seed: int = 0, moe: bool = False, **overrides) -> Path:
+    """Write a complete HF checkpoint folder to dest (created if missing) and return dest.
+
+    moe=True: a Lfm2MoeForCausalLM (tiny_moe_config), else the dense Lfm2ForCausalLM."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = tiny_config(**overrides)
+    config = (tiny_moe_config if moe else tiny_config)(**overrides)
     _write_random_weights(dest / "model.safetensors", config, seed)
     _write_json(dest / "config.json", config)
     _write_json(dest / "generation_config.json", generation_config())

@@ -21,6 +21,7 @@ import torch
 from lfm2_onnx.errors import UserError
 from lfm2_onnx.stepper import Stepper, read_genai_config
 
+from .architectures import hf_classes
 from .blocks import FUSED_LINEARS
 from .quantize import read_quantized_weights
 from .spec import load_spec
@@ -151,12 +152,12 @@ def quiet_transformers():
 
 
 def load_reference(checkpoint: Path):
-    from transformers import Lfm2ForCausalLM
-
+    """transformers' model for the checkpoint's architecture, in fp32."""
+    model_class, _ = hf_classes(load_spec(Path(checkpoint))[0].architecture)
     # fp32 reference on the GPU when there is one (a 1.2B model's 32 steps are slow on 2 cores).
     device = "cuda" if torch.cuda.is_available() else "cpu"
     with quiet_transformers():
-        return Lfm2ForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
+        return model_class.from_pretrained(checkpoint, dtype=torch.float32).to(device).eval()
 
 
 def _cache_argument(model) -> str:
@@ -218,7 +219,7 @@ def dequantized_reference(folder: Path, checkpoint: Path):
     with torch.no_grad():
         for name, weight in weights.items():
             target = state[name]
-            value = torch.from_numpy(np.ascontiguousarray(weight[:, : target.shape[1]]))  # drop block padding
+            value = torch.from_numpy(np.ascontiguousarray(weight[..., : target.shape[-1]]))  # drop block padding
             if tuple(value.shape) != tuple(target.shape):
                 raise AssertionError(f"{name}: export holds {tuple(value.shape)}, model has {tuple(target.shape)}")
             target.copy_(value)
@@ -226,9 +227,18 @@ def dequantized_reference(folder: Path, checkpoint: Path):
 
 
 def _split_fused(weights: dict[str, np.ndarray], shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
-    """Fused projections (qkv_proj, w1_w3) back into the HF weights they stack along the output dim."""
+    """Fused projections (qkv_proj, w1_w3) back into the HF weights they stack along the output dim,
+    and QMoE's experts (fc1: gate/up rows interleaved, fc2) back into transformers' packed ones."""
     split = {}
     for name, weight in weights.items():
+        if name.endswith(".experts.fc1"):
+            e, two_i, h = weight.shape
+            gate_up = weight.reshape(e, two_i // 2, 2, h).transpose(0, 2, 1, 3).reshape(e, two_i, h)
+            split[name.removesuffix(".fc1") + ".gate_up_proj"] = gate_up
+            continue
+        if name.endswith(".experts.fc2"):
+            split[name.removesuffix(".fc2") + ".down_proj"] = weight
+            continue
         base = name.removesuffix(".weight")
         fused = next((f for f in FUSED_LINEARS if base.endswith("." + f)), None)
         if fused is None:

@@ -18,6 +18,7 @@ from safetensors import safe_open
 from lfm2_onnx.errors import UserError
 
 from .spec import Lfm2Spec
+from .tensors import LM_HEAD, PER_EXPERT, expected_shapes
 
 _NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 
@@ -33,6 +34,33 @@ class Checkpoint:
             for name, shape in _read_header(file).items():
                 self._where[name] = file
                 self._shapes[name] = shape
+        # Packed expert tensors assembled from an original checkpoint's per-expert ones.
+        self._packed: dict[str, list[list[str]]] = {}
+        self._unpackable: list[str] = []  # per-expert tensors missing from a packed group
+        self._pack_per_expert()
+
+    def _pack_per_expert(self) -> None:
+        """Present experts.N.w1|w3|w2.weight as transformers 5's experts.gate_up_proj / down_proj.
+
+        gate_up_proj[n] is w1[n] stacked over w3[n] (gate rows first), down_proj[n] is w2[n].
+        """
+        groups: dict[str, dict[str, set[int]]] = {}
+        for name in self._shapes:
+            match = PER_EXPERT.match(name)
+            if match:
+                base, expert, kind = match.groups()
+                groups.setdefault(base, {}).setdefault(kind, set()).add(int(expert))
+        for base, kinds in groups.items():
+            count = 1 + max(max(found) for found in kinds.values())
+            for packed, parts in ((f"{base}.gate_up_proj", ("w1", "w3")), (f"{base}.down_proj", ("w2",))):
+                names = [[f"{base}.{n}.{part}.weight" for part in parts] for n in range(count)]
+                missing = [name for row in names for name in row if name not in self._shapes]
+                if missing:
+                    self._unpackable.extend(missing)
+                    continue
+                rows, cols = self._shapes[names[0][0]]
+                self._packed[packed] = names
+                self._shapes[packed] = (count, rows * len(parts), cols)
 
     def _files(self) -> list[Path]:
         index = self.folder / "model.safetensors.index.json"
@@ -63,6 +91,8 @@ class Checkpoint:
         return self._shapes[name]
 
     def load(self, name: str) -> torch.Tensor:
+        if name in self._packed:
+            return torch.stack([torch.cat([self.load(part) for part in parts]) for parts in self._packed[name]])
         file = self._where[name]
         try:
             with safe_open(file, framework="pt") as f:
@@ -74,7 +104,8 @@ class Checkpoint:
         """Every tensor the spec needs is present with the shape the spec implies."""
         expected = expected_shapes(spec)
         missing = [n for n in expected if n not in self._shapes
-                   and not (n == "lm_head.weight" and spec.tie_word_embeddings)]
+                   and not (n == LM_HEAD and spec.tie_word_embeddings)]
+        missing = self._unpackable + missing  # a missing expert names itself, not its packed group
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise UserError(f"{self.folder}: weights missing for the config: {', '.join(missing[:3])}{more}; "
@@ -110,33 +141,6 @@ def _read_header(file: Path) -> dict[str, tuple[int, ...]]:
         raise UserError(f"{file}: not a valid safetensors file ({type(e).__name__}: {e}); download it again") from None
     if 8 + header_len + data_end > size:
         raise UserError(f"{file}: truncated ({size} bytes, header declares {8 + header_len + data_end}); download it again")
-    return shapes
-
-
-def expected_shapes(spec: Lfm2Spec) -> dict[str, tuple[int, ...]]:
-    h, ff, k = spec.hidden_size, spec.intermediate_size, spec.conv_kernel
-    q, kv = spec.num_attention_heads * spec.head_dim, spec.num_key_value_heads * spec.head_dim
-    shapes = {"model.embed_tokens.weight": (spec.vocab_size, h), "model.embedding_norm.weight": (h,)}
-    for i, kind in enumerate(spec.layer_types):
-        p = f"model.layers.{i}"
-        shapes[f"{p}.operator_norm.weight"] = (h,)
-        shapes[f"{p}.ffn_norm.weight"] = (h,)
-        shapes[f"{p}.feed_forward.w1.weight"] = (ff, h)
-        shapes[f"{p}.feed_forward.w3.weight"] = (ff, h)
-        shapes[f"{p}.feed_forward.w2.weight"] = (h, ff)
-        if kind == "full_attention":
-            a = f"{p}.self_attn"
-            shapes.update({f"{a}.q_proj.weight": (q, h), f"{a}.k_proj.weight": (kv, h),
-                           f"{a}.v_proj.weight": (kv, h), f"{a}.out_proj.weight": (h, q),
-                           f"{a}.q_layernorm.weight": (spec.head_dim,),
-                           f"{a}.k_layernorm.weight": (spec.head_dim,)})
-        else:
-            c = f"{p}.conv"
-            shapes.update({f"{c}.in_proj.weight": (3 * h, h), f"{c}.conv.weight": (h, 1, k),
-                           f"{c}.out_proj.weight": (h, h)})
-            if spec.conv_bias:
-                shapes.update({f"{c}.in_proj.bias": (3 * h,), f"{c}.conv.bias": (h,), f"{c}.out_proj.bias": (h,)})
-    shapes["lm_head.weight"] = (spec.vocab_size, h)
     return shapes
 
 

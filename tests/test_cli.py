@@ -25,7 +25,7 @@ from lfm2_onnx import build  # noqa: E402
 from lfm2_onnx import verify as verify_cli  # noqa: E402
 from lfm2_onnx.builder import export as export_module  # noqa: E402
 from lfm2_onnx.builder.spec import load_spec  # noqa: E402
-from lfm2_onnx.builder.weights import expected_shapes  # noqa: E402
+from lfm2_onnx.builder.tensors import expected_shapes  # noqa: E402
 from lfm2_onnx.errors import UserError, cli_entry  # noqa: E402
 
 # Looks like a real token; no message, in any case, may contain it.

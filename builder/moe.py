@@ -1,0 +1,175 @@
+"""The routed feed-forward of Lfm2MoeForCausalLM, through com.microsoft MoE (float) / QMoE (int4/int8).
+
+LFM2-MoE routes with sigmoid scores (transformers' Lfm2MoeTopKRouter):
+    s = sigmoid(x @ gate.T);  chosen = topk(s + expert_bias, k);  w = s[chosen]
+    w = w / (sum(w) + 1e-6) if norm_topk_prob;  w = w * routed_scaling_factor
+    y = sum_j w_j * w2_j(silu(w1_j x) * w3_j x)
+The fused ops only weight experts by a softmax over the top-k of their `router_probs` input. So the
+router runs here, in fp32 whatever the export's precision (its [H, E] matrix is tiny; fp32 keeps the
+choice among near-equal scores the same as transformers'), and hands the op
+    router_probs = log(w) - max log(w) at the chosen experts, SENTINEL elsewhere,
+whose top-k is exactly the chosen set and whose softmax is w / sum(w). What the softmax cannot
+express is applied to the op's output, per token:
+    sum(w) / (sum(w) + 1e-6) * scaling   (norm_topk_prob)   or   sum(w) * scaling   (not)
+This one formulation serves every EP and precision: QMoE's separate `router_weights` input would
+carry w directly, but onnxruntime's CUDA QMoE ignores it (1.31), and one graph shape is easier to
+trust than two.
+
+Experts' gate/up weights are fused and interleaved (rows g0, u0, g1, u1, ...: swiglu_fusion=1, the
+only fused layout onnxruntime's CPU kernel takes); down is [E, H, I] as transformers stores it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import torch
+
+from lfm2_onnx.errors import UserError
+
+from .blocks import MS, Context
+from .quantize import Scheme, OneQuantization, quantize_blockwise
+from .weights import to_numpy
+
+# Below any shifted log(w) of a chosen expert (w is floored at 1e-30: -69 at the least); fp16 holds it.
+SENTINEL = -1.0e4
+_FLOOR = 1e-30
+_NORM_EPS = 1e-6  # transformers' Lfm2MoeTopKRouter
+
+
+def moe(ctx: Context, i: int, h: ir.Value) -> ir.Value:
+    """h [B, S, H] -> the routed experts' weighted sum [B, S, H]."""
+    g, spec = ctx.g, ctx.spec
+    p = f"model.layers.{i}.feed_forward"
+    rows = g.op("Reshape", h, g.i64(-1, spec.hidden_size), name="tokens")  # [T, H]
+    with g.scope("router"):
+        router_probs, output_scale = _route(ctx, rows, p)
+    with g.scope("experts"):
+        mixed = _experts(ctx, rows, router_probs, p)
+    scaled = g.op("Mul", mixed, output_scale, name="route_scale")
+    shape = g.op("Shape", h)
+    return g.op("Reshape", scaled, shape, name="unflatten")
+
+
+def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value]:
+    """(router_probs [T, E] in the op's dtype, per-token output factor [T, 1] in the io dtype)."""
+    g, moe = ctx.g, ctx.spec.moe
+    fp32 = ir.DataType.FLOAT
+    x = rows if ctx.opts.io_dtype == fp32 else g.op("Cast", rows, to=fp32)
+    gate = g.weight(f"{p}.gate.weight.T", fp32, (ctx.spec.hidden_size, moe.num_experts),
+                    lambda: to_numpy(ctx.w.ckpt.load(f"{p}.gate.weight").T, "fp32"))
+    scores = g.op("Sigmoid", g.op("MatMul", x, gate, name="gate"), name="scores")  # [T, E]
+    choosing = scores
+    if moe.use_expert_bias:
+        bias = g.weight(f"{p}.expert_bias", fp32, (moe.num_experts,),
+                        lambda: to_numpy(ctx.w.ckpt.load(f"{p}.expert_bias"), "fp32"))
+        choosing = g.op("Add", scores, bias, name="biased_scores")  # the bias selects, it never weights
+    _, chosen = g.op("TopK", choosing, g.i64(moe.experts_per_token), axis=-1, largest=1, sorted=1, outputs=2,
+                     name="top_k")
+    weights = g.op("GatherElements", scores, chosen, axis=1, name="chosen_scores")  # [T, k]
+    total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # [T, 1]
+    if moe.norm_topk_prob:
+        factor = g.op("Div", total, g.op("Add", total, g.const(np.float32(_NORM_EPS))), name="norm_correction")
+    else:
+        factor = total  # the op's softmax divided by sum(w): multiply it back
+    if moe.routed_scaling_factor != 1.0:
+        factor = g.op("Mul", factor, g.const(np.float32(moe.routed_scaling_factor)), name="scaling")
+    # Shifted so the largest is exactly 0: fp16 holds values near 0 most finely.
+    log_w = g.op("Log", g.op("Max", weights, g.const(np.float32(_FLOOR))), name="log_weights")
+    log_w = g.op("Sub", log_w, g.op("ReduceMax", log_w, g.i64(-1), keepdims=1), name="log_weights_shifted")
+    background = g.op("Expand", g.const(np.float32(SENTINEL)), g.op("Shape", scores), name="sentinel")
+    probs = g.op("ScatterElements", background, chosen, log_w, axis=1, name="router_probs")
+    if ctx.opts.io_dtype != fp32:
+        probs = g.op("Cast", probs, to=ctx.opts.io_dtype, name="router_probs_cast")
+        factor = g.op("Cast", factor, to=ctx.opts.io_dtype, name="scale_cast")
+    return probs, factor
+
+
+def _interleave_gate_up(gate_up: torch.Tensor) -> torch.Tensor:
+    """[E, 2I, H] with gate rows then up rows -> rows g0, u0, g1, u1, ... (swiglu_fusion=1)."""
+    e, two_i, h = gate_up.shape
+    gate, up = gate_up.reshape(e, 2, two_i // 2, h).unbind(1)
+    return torch.stack([gate, up], dim=2).reshape(e, two_i, h)
+
+
+def _experts(ctx: Context, rows: ir.Value, router_probs: ir.Value, p: str) -> ir.Value:
+    g, spec, opts = ctx.g, ctx.spec, ctx.opts
+    moe = spec.moe
+    e, hs, ff = moe.num_experts, spec.hidden_size, moe.intermediate_size
+    gate_up, down = f"{p}.experts.gate_up_proj", f"{p}.experts.down_proj"
+    load_fc1 = lambda: _interleave_gate_up(ctx.w.ckpt.load(gate_up))  # noqa: E731
+    load_fc2 = lambda: ctx.w.ckpt.load(down)  # noqa: E731
+    common = dict(k=moe.experts_per_token, activation_type="swiglu", swiglu_fusion=1, normalize_routing_weights=1,
+                  activation_alpha=1.0, activation_beta=0.0)  # swiglu: g * sigmoid(1.0 * g) * (u + 0) = silu(g) * u
+    if opts.bits is None:
+        fc1 = g.weight(f"{p}.experts.fc1", opts.io_dtype, (e, 2 * ff, hs),
+                       lambda: to_numpy(load_fc1(), opts.float_precision))
+        fc2 = g.weight(f"{p}.experts.fc2", opts.io_dtype, (e, hs, ff), lambda: to_numpy(load_fc2(), opts.float_precision))
+        return g.op("MoE", rows, router_probs, fc1, None, fc2, domain=MS, name="moe", **common)
+    scheme = Scheme(opts.bits, opts.block_size, opts.symmetric)
+    fc1 = _quantized_experts(ctx, f"{p}.experts.fc1", e, 2 * ff, hs, scheme, load_fc1)
+    fc2 = _quantized_experts(ctx, f"{p}.experts.fc2", e, hs, ff, scheme, load_fc2)
+    zero_points = [fc1[2], fc2[2], None] if not scheme.symmetric else []
+    return g.op("QMoE", rows, router_probs, fc1[0], fc1[1], None, fc2[0], fc2[1], None, None, None, None,
+                *zero_points, domain=MS, name="qmoe", expert_weight_bits=scheme.bits,
+                block_size=None if scheme.bits == 8 else scheme.block_size,  # int8: per channel
+                accuracy_level=opts.accuracy_level or None, **common)
+
+
+def _quantized_experts(ctx: Context, name: str, e: int, n: int, k: int, scheme: Scheme, load):
+    """QMoE's [E, N, K * bits / 8] weights, their scales and (asymmetric) zero points.
+
+    int4: blocks along K, each expert quantized by onnxruntime's block quantizer (the bytes of a
+    MatMulNBits B with the block axis flattened). int8: one scale per output channel, because
+    onnxruntime 1.32's CPU QMoE computes block-wise 8-bit experts on int8-quantized activations at
+    every accuracy level (~1% off the dequantized weights), while per-channel int8 is exact.
+    """
+    g, opts = ctx.g, ctx.opts
+    per_channel = scheme.bits == 8
+    if not per_channel and k % scheme.block_size:
+        raise UserError(f"--block-size {scheme.block_size} does not divide the experts' input width {k} "
+                        "(QMoE needs whole blocks); choose a smaller --block-size")
+    blocks = 1 if per_channel else k // scheme.block_size
+
+    def quantize() -> tuple:
+        experts = to_numpy(load(), opts.float_precision)
+        if per_channel:
+            parts = [quantize_per_channel_int8(expert, scheme.symmetric) for expert in experts]
+        else:
+            parts = [quantize_blockwise(expert, scheme) for expert in experts]
+        packed = np.stack([q[0].reshape(n, -1) for q in parts])
+        scales = np.stack([q[1].reshape(n, blocks) for q in parts])
+        zero_points = None if scheme.symmetric else np.stack([q[2].reshape(n, -1) for q in parts])
+        if per_channel:
+            scales = scales[..., 0]
+            zero_points = None if zero_points is None else zero_points[..., 0]
+        return packed, scales, zero_points
+
+    once = OneQuantization(quantize)
+    scale_shape = (e, n) if per_channel else (e, n, blocks)
+    packed = g.weight(f"{name}_Q{scheme.bits}", ir.DataType.UINT8, (e, n, k * scheme.bits // 8), lambda: once.take(0))
+    scales = g.weight(f"{name}_scales", opts.io_dtype, scale_shape, lambda: once.take(1))
+    zero_points = None
+    if not scheme.symmetric:
+        zp_shape = (e, n) if per_channel else (e, n, scheme.zero_point_columns(k))
+        zero_points = g.weight(f"{name}_zero_points", ir.DataType.UINT8, zp_shape, lambda: once.take(2))
+    return packed, scales, zero_points
+
+
+def quantize_per_channel_int8(weight_nk: np.ndarray, symmetric: bool):
+    """One scale (and zero point) per row of an [N, K] weight: (q - zero_point) * scale, q uint8.
+
+    Symmetric weights use QMoE's default zero point 128, as onnxruntime's 8-bit quantizer does.
+    """
+    w = weight_nk.astype(np.float32)
+    if symmetric:
+        scale = (np.abs(w).max(axis=1) / 127.0).astype(weight_nk.dtype)
+        safe = np.where(scale == 0, 1, scale).astype(np.float32)
+        q = np.clip(np.rint(w / safe[:, None]), -128, 127) + 128
+        return q.astype(np.uint8), scale[:, None], None
+    low, high = np.minimum(w.min(axis=1), 0), np.maximum(w.max(axis=1), 0)
+    scale = ((high - low) / 255.0).astype(weight_nk.dtype)
+    safe = np.where(scale == 0, 1, scale).astype(np.float32)
+    zero = np.clip(np.rint(-low / safe), 0, 255)
+    q = np.clip(np.rint(w / safe[:, None]) + zero[:, None], 0, 255)
+    return q.astype(np.uint8), scale[:, None], zero.astype(np.uint8)[:, None]
