@@ -35,6 +35,8 @@ from .weights import to_numpy
 SENTINEL = -1.0e4
 _FLOOR = 1e-30
 _NORM_EPS = 1e-6  # transformers' Lfm2MoeTopKRouter
+# onnxruntime-gpu 1.31's QMoE tiles the interleaved weights' K by 64 (it refuses other widths at run time).
+CUDA_QMOE_INTER_MULTIPLE = 64
 
 
 def moe(ctx: Context, i: int, h: ir.Value) -> ir.Value:
@@ -126,6 +128,10 @@ def _quantized_experts(ctx: Context, name: str, e: int, n: int, k: int, scheme: 
     """
     g, opts = ctx.g, ctx.opts
     per_channel = scheme.bits == 8
+    if opts.ep == "cuda" and ctx.spec.moe.intermediate_size % CUDA_QMOE_INTER_MULTIPLE:
+        raise UserError(f"moe_intermediate_size {ctx.spec.moe.intermediate_size} is not a multiple of "
+                        f"{CUDA_QMOE_INTER_MULTIPLE}, which onnxruntime's CUDA QMoE needs; export -p fp16 -e cuda, "
+                        "or -e cpu for int8/int4")
     if not per_channel and k % scheme.block_size:
         raise UserError(f"--block-size {scheme.block_size} does not divide the experts' input width {k} "
                         "(QMoE needs whole blocks); choose a smaller --block-size")

@@ -140,6 +140,13 @@ def test_quantized_experts_are_exact_to_their_dequantized_weights(tmp_path, fact
     assert all(report.greedy_match), report.table()
 
 
+def test_cuda_qmoe_expert_width_is_checked_at_build_time(tmp_path, factory):
+    with pytest.raises(UserError, match="moe_intermediate_size 32 is not a multiple of 64, which onnxruntime's "
+                                        "CUDA QMoE needs"):
+        export(factory.checkpoint(moe=True), tmp_path / "out", BuildOptions("int4", "cuda"), progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_block_size_that_does_not_divide_the_experts_is_refused(tmp_path, factory):
     checkpoint = factory.checkpoint(moe=True)  # moe_intermediate_size 32
     with pytest.raises(UserError, match="--block-size 64 does not divide the experts' input width 32"):
@@ -309,7 +316,8 @@ def test_cuda_runtime_equals_reference_driver(factory, precision):
     from lfm2_onnx import Lfm2Model
     from test_generation import _stepper_greedy
 
-    folder = factory.export(factory.checkpoint(moe=True), precision, "cuda")
+    # CUDA QMoE takes expert widths in multiples of 64.
+    folder = factory.export(factory.checkpoint(moe=True, moe_intermediate_size=64), precision, "cuda")
     model = Lfm2Model.load(folder, ep="cuda", max_length=128)
     eos = set(model.layout.eos_token_ids)
     expected = [_stepper_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
