@@ -46,16 +46,16 @@ def main() -> None:
         start = time.perf_counter()
         count = sum(1 for _ in model.steps(prompts, args.gen, SamplingParams()))
         whole = (time.perf_counter() - start) / count * 1e6  # includes the prefill, amortised
-        caches = model._caches[args.batch]
-        tokens = np.ones(args.batch, np.int64)
+        engine, caches = model.engine, model.engine.caches
+        rows = engine._bucket(args.batch)
+        binding, options = engine._decode_binding(rows, 0)
+        tokens, lengths = np.ones(engine.slots, np.int64), np.full(engine.slots, args.prompt_len, np.int32)
         pieces = {
             "decoder run (graph replay)" if cuda_graph else "decoder run (no graph)":
-                lambda: (model.sessions.uniform.run_with_iobinding(caches.bindings[0], caches.run_options[0]),
-                         caches.bindings[0].synchronize_outputs()),
-            "copy token ids in (sampling)": lambda: caches.ids[0].update_inplace(tokens.reshape(-1, 1)),
-            "copy greedy ids out": lambda: caches.ids[1].numpy(),
-            "copy fp32 scores out (sampling)": lambda: caches.scores.numpy(),
-            "greedy _decode() + ids out": lambda: (model._decode(None, caches, 0), caches.ids[1].numpy()),
+                lambda: (model.sessions.uniform.run_with_iobinding(binding, options), binding.synchronize_outputs()),
+            "copy ids + lengths in (host-fed step)": lambda: caches.write_step_inputs(0, tokens, lengths),
+            "copy greedy ids out": lambda: caches.ids[1].value.numpy(),
+            "copy fp32 scores out (sampling)": lambda: caches.scores(rows).value.numpy(),
         }
         print(f"--- cuda_graph={cuda_graph} · batch {args.batch} · capacity {model.capacity}")
         for name, fn in pieces.items():

@@ -32,15 +32,21 @@ def load(folder: str, variant: str, capacity: int, cuda_graph: bool) -> Lfm2Mode
         graphs._channels_last_conv = original
 
 
+def decode_once(model: Lfm2Model, parity: int) -> None:
+    """Queue one greedy decode step over slot 0 (the ids and lengths the previous step left)."""
+    binding, options = model.engine._decode_binding(1, parity)
+    model.sessions.uniform.run_with_iobinding(binding, options)
+
+
 def step_us(model: Lfm2Model, prompt: list[int], steps: int) -> float:
     model.generate_ids([prompt], 8)  # capture
     model.generate_ids([prompt], 2)
-    caches = model._caches[1]
+    caches = model.engine.caches
     times = []
     for i in range(steps + 20):
         start = time.perf_counter()
-        model._decode(None, caches, i % 2)
-        caches.ids[1 - i % 2].numpy()
+        decode_once(model, i % 2)
+        caches.ids[1 - i % 2].value.numpy()
         times.append(time.perf_counter() - start)
     return float(np.median(times[20:])) * 1e6
 
@@ -51,14 +57,14 @@ def profile(model: Lfm2Model, prompt: list[int], steps: int = 20) -> None:
 
     torch.cuda.init()
     model.generate_ids([prompt], 4)
-    caches = model._caches[1]
+    caches = model.engine.caches
     for i in range(5):
-        model._decode(None, caches, i % 2)
-    caches.ids[0].numpy()
+        decode_once(model, i % 2)
+    caches.ids[0].value.numpy()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(steps):
-            model._decode(None, caches, i % 2)
-            caches.ids[1 - i % 2].numpy()
+            decode_once(model, i % 2)
+            caches.ids[1 - i % 2].value.numpy()
     rows = [(e.key, e.count / steps, e.device_time_total / steps) for e in prof.key_averages()
             if e.device_time_total > 0]
     rows.sort(key=lambda r: -r[2])

@@ -1,72 +1,59 @@
-"""The generation loop: prefill, then one decode step per token with every tensor bound in place.
+"""The user API: prompts in, text or token ids out, on the engine (lfm2_onnx.engine).
 
     model = Lfm2Model.load("lfm2-350m-onnx", ep="cuda")
     for delta in model.generate("Tell me a story", max_new_tokens=200, preset="lfm2", stream=True):
         print(delta, end="")
 
-Prompts are right-padded into one batch; each row stops on its own. Decode steps bind the same
-device buffers every time (KV shared in place, conv states alternating between two buffers, a
-token ids and lengths fed back from the previous step), so on CUDA each of the two binding sets
-is captured once as a CUDA graph and replayed. The graphs run are the folder's, specialised at load
-time (lfm2_onnx.graphs): the LM head on the last position only, argmax and fp32 scores inside.
+Every call submits its prompts as engine requests and steps the engine until they finish; calls
+keep no state on the model, so they may interleave (two streams iterated in turn, or threads:
+a lock serialises the steps) and share the decode steps. Each prompt keeps its own length, stop
+and sampling. The engine's docstring says how the steps run on the device.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .caches import DeviceCaches
+from .engine import Engine, Request
 from .errors import UserError
-from .sampling import PRESETS, Sampler, SamplingParams, from_generation_config
-from .session import DecoderSessions, ModelLayout
+from .sampling import PRESETS, SamplingParams, from_generation_config
+from .session import ModelLayout
 from .text import IncrementalDecoder, TextCodec
 
 DEFAULT_CAPACITY = 4096  # KV positions allocated per row unless load() is told otherwise
-PREFILL_CHUNK = 2048  # longer single prompts are prefilled in chunks of this many tokens
-
-
-@dataclass
-class Step:
-    """Host-side state of one batch between steps."""
-
-    lengths: np.ndarray  # tokens in the cache per row
-    done: np.ndarray  # rows that have stopped
-    generated: list[list[int]] = field(default_factory=list)
 
 
 class Lfm2Model:
-    def __init__(self, layout: ModelLayout, ep: str, capacity: int, cuda_graph: bool):
+    def __init__(self, layout: ModelLayout, ep: str, capacity: int, cuda_graph: bool, max_batch: int | None = None):
         self.layout, self.ep, self.capacity = layout, ep, capacity
         self.device = "cuda" if ep == "cuda" else "cpu"
-        self.cuda_graph = cuda_graph and ep == "cuda"
-        self.sessions = DecoderSessions(layout, ep, cuda_graph=self.cuda_graph)
+        self.engine = Engine(layout, ep, capacity, cuda_graph=cuda_graph, max_slots=max_batch)
+        self.cuda_graph = self.engine.cuda_graph
         self.codec = TextCodec(layout.folder)
-        inputs = {i.name: i for i in self.sessions.uniform.get_inputs()}
-        self._cache_type = next((inputs[n].type for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
-        conv = inputs.get(layout.past_conv % layout.conv_layers[0]) if layout.conv_layers else None
-        dims = tuple(conv.shape[1:]) if conv else ()
-        self._conv_state = dims if all(isinstance(d, int) for d in dims) and dims else (layout.hidden_size,
-                                                                                        layout.conv_size)
-        self._caches: dict[int, DeviceCaches] = {}  # by batch size; buffers never move once captured
-        self._graph_ids: dict[int, int] = {}
         self.generation_defaults = _read_generation_config(layout.folder)
+        self._lock = threading.RLock()  # one engine step at a time, whoever drives it
         self._chat_template: str | None = None
         self._special_tokens: dict = {}
+
+    @property
+    def sessions(self):
+        return self.engine.sessions
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
     def load(cls, folder: str | Path, ep: str = "cpu", *, max_length: int | None = None,
-             cuda_graph: bool = True) -> Lfm2Model:
-        """Open an export. max_length: KV positions per row (prompt + new tokens), default 4096."""
+             cuda_graph: bool = True, max_batch: int | None = None) -> Lfm2Model:
+        """Open an export. max_length: KV positions per row (prompt + new tokens), default 4096.
+        max_batch: requests decoded together at most (slots allocated now); None grows to each batch."""
         layout = ModelLayout.from_folder(folder)
         if max_length is not None:
             check_max_length(max_length, layout.context_length)
         capacity = min(max_length or DEFAULT_CAPACITY, layout.context_length)
-        return cls(layout, ep, capacity, cuda_graph)
+        return cls(layout, ep, capacity, cuda_graph, max_batch)
 
     # -- public API -----------------------------------------------------------------------------
     def generate(self, prompt, *, max_new_tokens: int = 256, stream: bool = False, preset: str | None = None,
@@ -110,186 +97,92 @@ class Lfm2Model:
         params.validate()
         return params
 
-    # -- the loop -------------------------------------------------------------------------------
+    # -- token loops on the engine --------------------------------------------------------------
     def generate_ids(self, prompts: list[list[int]], max_new_tokens: int,
                      params: SamplingParams | None = None) -> list[list[int]]:
         """Generated token ids per prompt (eos excluded)."""
-        for _ in self.steps(prompts, max_new_tokens, params):
+        requests = self._submit(prompts, max_new_tokens, params)
+        for _ in self._drive(requests):
             pass
-        return self._last_step.generated
+        return [list(r.generated) for r in requests]
 
     def steps(self, prompts: list[list[int]], max_new_tokens: int,
               params: SamplingParams | None = None) -> Iterator[np.ndarray]:
-        """Yields the new token of every row after each step (rows that stopped repeat the pad id)."""
+        """Yields one new token per row after each step (rows with none this time show the pad id)."""
+        requests = self._submit(prompts, max_new_tokens, params)
+        shown = [0] * len(requests)
+        pad = self.layout.pad_token_id
+        for _ in self._drive(requests, until_new=shown):
+            tokens = np.full(len(requests), pad, dtype=np.int64)
+            for row, r in enumerate(requests):
+                if shown[row] < len(r.generated):
+                    tokens[row] = r.generated[shown[row]]
+                    shown[row] += 1
+            yield tokens
+
+    def stream_ids(self, prompt: list[int], max_new_tokens: int,
+                   params: SamplingParams | None = None) -> Iterator[int]:
+        """The generated token ids of one prompt as they come (eos excluded)."""
+        (request,) = self._submit([prompt], max_new_tokens, params)
+        shown = [0]
+        for _ in self._drive([request], until_new=shown):
+            while shown[0] < len(request.generated):
+                shown[0] += 1
+                yield request.generated[shown[0] - 1]
+
+    def _submit(self, prompts: list[list[int]], max_new_tokens: int,
+                params: SamplingParams | None) -> list[Request]:
         params = params or SamplingParams()
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
-        if max_new_tokens < 1:
-            raise UserError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
-        longest = max(len(p) for p in prompts)
-        if longest + max_new_tokens > self.capacity:
-            raise UserError(f"prompt ({longest} tokens) + max_new_tokens ({max_new_tokens}) exceeds the context "
-                            f"of {self.capacity}; shorten the prompt, lower max_new_tokens, or load with a larger "
-                            f"max_length (the model allows {self.layout.context_length})")
-        batch = len(prompts)
-        caches = self._caches_for(batch)
-        caches.bindings[0].synchronize_outputs()  # nothing of an abandoned generation still running
-        caches.reset()
-        sampler = Sampler(params, batch, self.layout.vocab_size)
-        penalised = params.repetition_penalty != 1.0
-        if penalised:
-            sampler.observe([np.asarray(p, dtype=np.int64) for p in prompts])
-        step = Step(lengths=np.array([len(p) for p in prompts], dtype=np.int64),
-                    done=np.zeros(batch, dtype=bool), generated=[[] for _ in prompts])
-        self._last_step = step
+        requests = [Request(list(p), max_new_tokens, params) for p in prompts]
+        with self._lock:
+            try:
+                for r in requests:
+                    self.engine.add(r)
+            except UserError:
+                for r in requests:
+                    self.engine.cancel(r)
+                raise
+        return requests
 
-        parity = self._prefill(prompts, caches)  # parity: the buffers holding the state and the next ids
-        if params.greedy and not penalised:
-            chosen = self._greedy_tokens(caches, parity, max_new_tokens)
-        else:
-            chosen = self._sampled_tokens(caches, parity, max_new_tokens, sampler)
-        is_eos = np.zeros(self.layout.vocab_size + 1, dtype=bool)  # a lookup: np.isin costs ~15 us a step
-        is_eos[[t for t in self.layout.eos_token_ids if 0 <= t < self.layout.vocab_size]] = True
-        for tokens in chosen:
-            tokens = np.where(step.done, self.layout.pad_token_id, tokens)
-            finished = is_eos[tokens] & ~step.done
-            for row in np.flatnonzero(~step.done & ~finished):
-                step.generated[row].append(int(tokens[row]))
-            if penalised:
-                sampler.observe([tokens[r:r + 1] if not (step.done[r] or finished[r]) else tokens[:0]
-                                 for r in range(batch)])
-            step.done |= finished
-            step.lengths += 1
-            yield tokens
-            if step.done.all():
-                return
-
-    def _greedy_tokens(self, caches: DeviceCaches, parity: int, max_new_tokens: int) -> Iterator[np.ndarray]:
-        """Greedy ids per step. Each step reads the argmax the previous one left on the device, so
-        two steps are queued back to back and the host reads both ids after one wait: it decides
-        about token t while step t+1 runs, at the cost of one wasted step when generation stops.
-        """
-        yield caches.ids[parity].numpy().reshape(-1)  # the prefill's choice
-        produced = 1
+    def _drive(self, requests: list[Request], until_new: list[int] | None = None) -> Iterator[None]:
+        """Step the engine until these requests finish; yields whenever one of them has new tokens
+        (until_new: tokens the caller has seen per request). Stopping early cancels them."""
         try:
-            while produced < max_new_tokens:
-                queued = []
-                for _ in range(min(2, max_new_tokens - produced)):
-                    self._decode(None, caches, parity)
-                    parity = 1 - parity
-                    queued.append(caches.ids[parity])
-                caches.bindings[parity].synchronize_outputs()
-                for ids in queued:
-                    yield ids.numpy().reshape(-1)
-                produced += len(queued)
-        finally:  # a step may still be queued when the caller stops early: host copies must not race it
-            caches.bindings[parity].synchronize_outputs()
-
-    def _sampled_tokens(self, caches: DeviceCaches, parity: int, max_new_tokens: int,
-                        sampler: Sampler) -> Iterator[np.ndarray]:
-        """Sampled ids per step: the float32 scores come to the host, the choice goes back (B int64)."""
-        for produced in range(max_new_tokens):
-            tokens = sampler(caches.scores.numpy())
-            yield tokens  # the caller observes them (repetition penalty) before the next step
-            if produced == max_new_tokens - 1:
-                return
-            self._decode(tokens, caches, parity)
-            caches.bindings[parity].synchronize_outputs()
-            parity = 1 - parity
-
-    # -- runs -----------------------------------------------------------------------------------
-    def _caches_for(self, batch: int) -> DeviceCaches:
-        if batch not in self._caches:
-            caches = DeviceCaches(self.layout, self._cache_type, batch, self.capacity, self.device, self._conv_state)
-            self._graph_ids[batch] = 2 * len(self._graph_ids) + 1  # two graphs (parities) per batch size
-            caches.bindings, caches.run_options = [], []
-            for parity in (0, 1):  # made once: a captured CUDA graph keeps the addresses it recorded
-                binding = self.sessions.uniform.io_binding()
-                caches.bind_step(binding, parity)
-                caches.bindings.append(binding)
-                caches.run_options.append(self._run_options(self._graph_ids[batch] + parity))
-            self._caches[batch] = caches
-        return self._caches[batch]
-
-    def _run_options(self, graph_id: int):
-        from onnxruntime import RunOptions
-
-        options = RunOptions()
-        if self.cuda_graph:
-            options.add_run_config_entry("gpu_graph_id", str(graph_id))
-        if graph_id != -1:  # decode steps return once queued; the loop waits where it reads
-            options.add_run_config_entry("disable_synchronize_execution_providers", "1")
-        return options
-
-    def _prefill(self, prompts: list[list[int]], caches: DeviceCaches) -> int:
-        """All prompts in one run (chunks for long prompts of equal length).
-
-        Leaves each row's last-position scores in caches.scores, its argmax and next lengths in
-        pair `parity` of caches.ids / caches.seqlens, and returns that parity (also the conv
-        buffer holding the state). Buffers are never swapped: a captured CUDA graph keeps the
-        addresses it was recorded with.
-        """
-        batch, width = len(prompts), max(len(p) for p in prompts)
-        lengths = np.array([len(p) for p in prompts], dtype=np.int64)
-        ids = np.full((batch, width), self.layout.pad_token_id, dtype=np.int64)
-        for row, prompt in enumerate(prompts):
-            ids[row, :len(prompt)] = prompt
-        if not (lengths == width).all():
-            return self._prefill_ragged(ids, lengths, caches)
-        # Chunks keep the activations small; the head only ever sees the last position.
-        parity = 0
-        for start in range(0, width, PREFILL_CHUNK):
-            piece = ids[:, start:start + PREFILL_CHUNK]
-            cached = start + piece.shape[1]
-            binding = self.sessions.prefill.io_binding()
-            binding.bind_cpu_input("input_ids", piece)
-            binding.bind_cpu_input("seqlens_k", np.full(batch, cached - 1, np.int32))
-            binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
-            caches.bind_outputs(binding, parity, next_seqlens=True)
-            self.sessions.prefill.run_with_iobinding(binding, self._run_options(-1))
-            parity = 1 - parity
-        return parity
-
-    def _prefill_ragged(self, ids: np.ndarray, lengths: np.ndarray, caches: DeviceCaches) -> int:
-        """Right-padded prompts of unequal length: the ragged graph, each row's head at its last token."""
-        session = self.sessions.ragged
-        binding = session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
-        binding.bind_cpu_input("last_positions", lengths - 1)
-        caches.bind_outputs(binding, 0, next_seqlens=False)
-        session.run_with_iobinding(binding, self._run_options(-1))
-        caches.seqlens[1].update_inplace(lengths.astype(np.int32))  # the next step adds position `lengths`
-        return 1
-
-    def _decode(self, tokens: np.ndarray | None, caches: DeviceCaches, parity: int) -> None:
-        """Queue one token per row; the scores land in caches.scores, the argmax in caches.ids[1 - parity].
-
-        tokens None: greedy, the step reads the argmax the previous step left on the device.
-        Otherwise the host's choice is copied in (B int64). Returns without waiting for the device:
-        call caches.bindings[...].synchronize_outputs() before reading what it wrote.
-        """
-        if tokens is not None:
-            caches.ids[parity].update_inplace(tokens.reshape(-1, 1).astype(np.int64, copy=False))
-        self.sessions.uniform.run_with_iobinding(caches.bindings[parity], caches.run_options[parity])
+            while True:
+                fresh = until_new is not None and any(s < len(r.generated) for s, r in zip(until_new, requests))
+                if fresh:
+                    yield
+                    continue
+                if all(r.finished for r in requests):
+                    return
+                with self._lock:
+                    self.engine.step()
+                if until_new is None:
+                    yield
+        finally:
+            with self._lock:
+                for r in requests:
+                    self.engine.cancel(r)
 
     # -- streaming ------------------------------------------------------------------------------
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
                      *, skip_special_tokens: bool = True) -> Iterator[str]:
         decoder = IncrementalDecoder(self.codec, skip_special_tokens=skip_special_tokens)
         emitted, held = "", ""
-        for _tokens in self.steps([ids], max_new_tokens, params):
-            new = self._last_step.generated[0][len(decoder.ids):]
-            if self._last_step.done[0] and not new:
-                break
-            for token in new:
+        tokens = self.stream_ids(ids, max_new_tokens, params)
+        try:
+            for token in tokens:
                 held += decoder.push(token)
-            out, held, hit = _release(emitted, held, stop)
-            emitted += out
-            if out:
-                yield out
-            if hit:
-                return
+                out, held, hit = _release(emitted, held, stop)
+                emitted += out
+                if out:
+                    yield out
+                if hit:
+                    return
+        finally:
+            tokens.close()  # a stop string (or the caller) ended it: the request leaves the engine
         held += decoder.flush()
         out, _, _ = _release(emitted, held, stop, final=True)
         if out:

@@ -10,12 +10,11 @@ from __future__ import annotations
 import builtins
 import json
 
-import numpy as np
 import pytest
 
 from conftest import SHARED_MODELS
 from lfm2_onnx.chat import ContentDelta, ReasoningDelta, ToolCallEvent
-from lfm2_onnx.generation import Lfm2Model, Step
+from lfm2_onnx.generation import Lfm2Model
 from lfm2_onnx.text import TextCodec
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
@@ -33,18 +32,13 @@ SCRIPTS = {
 
 
 def script(model: Lfm2Model, monkeypatch, *texts: str) -> None:
-    """The next chat turns produce these texts, one token per step, through model.steps()."""
+    """The next chat turns produce these texts, one token at a time, through model.stream_ids()."""
     turns = [model.codec.encode(t, add_special_tokens=False) for t in texts]
 
-    def steps(prompts, max_new_tokens, params=None):
-        ids = turns.pop(0)
-        model._last_step = Step(lengths=np.array([len(prompts[0])]), done=np.zeros(1, bool), generated=[[]])
-        for token in ids[:max_new_tokens]:
-            model._last_step.generated[0].append(token)
-            yield np.array([token])
-        model._last_step.done[:] = True
+    def stream_ids(prompt, max_new_tokens, params=None):
+        yield from turns.pop(0)[:max_new_tokens]
 
-    monkeypatch.setattr(model, "steps", steps)
+    monkeypatch.setattr(model, "stream_ids", stream_ids)
 
 
 @pytest.fixture(params=["tiny", "LFM2-1.2B", "LFM2.5-1.2B-Base"])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from lfm2_onnx import generation
+from lfm2_onnx import engine
 from lfm2_onnx.errors import UserError
 from lfm2_onnx.generation import Lfm2Model
 from lfm2_onnx.sampling import SamplingParams
@@ -52,7 +52,7 @@ def test_chunked_prefill_equals_one_run(model, monkeypatch):
     long_prompt = [1] + list(range(20, 60))  # 41 tokens
     whole = model.generate_ids([long_prompt], 16)
     for chunk in (8, 10, 41):  # odd and even numbers of chunks end in different conv buffers
-        monkeypatch.setattr(generation, "PREFILL_CHUNK", chunk)
+        monkeypatch.setattr(engine, "PREFILL_CHUNK", chunk)
         assert model.generate_ids([long_prompt], 16) == whole, chunk
 
 

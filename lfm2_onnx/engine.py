@@ -1,0 +1,349 @@
+"""The engine: onnxruntime sessions, device caches in slots, prefill into free slots, batched decode steps.
+
+    engine = Engine(layout, ep="cuda", capacity=4096, max_slots=64)
+    request = engine.add(Request(prompt_ids, max_new_tokens=128, params=SamplingParams()))
+    while not request.finished:
+        engine.step()           # advances every request in the engine by at most one token
+    request.generated           # token ids (eos excluded), request.finish_reason
+
+Continuous batching: each request owns one slot (one row of every KV / conv buffer) from the step
+that prefills its prompt to the step that stops it; requests join and leave between steps. A step
+is either a prefill of waiting requests into free slots (GroupQueryAttention refuses a multi-token
+step for rows with past context, so running requests wait that one step) or one decode step over
+slots [0, n), n the smallest bucket holding every running slot; each row has its own length.
+Decode steps of one bucket bind the same addresses every time (two parities), so on CUDA each is
+captured once as a CUDA graph and replayed.
+
+Each request has its own sampling parameters, seed (its own random generator), eos ids and token
+budget. Greedy rows take the argmax the graph computes on the device; as long as every row does and
+no request joins or leaves, the next step reads its token ids and lengths from the previous step's
+outputs with no copy in. A row's numbers never depend on the other rows, so greedy output does
+not depend on what else runs (on CPU; GPU matmuls may pick other kernels for other batch sizes).
+
+The engine is not thread-safe: one thread drives it (Lfm2Model serialises its callers with a lock,
+the server runs it in one worker thread).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .caches import SlotCaches
+from .errors import UserError
+from .sampling import Sampler, SamplingParams
+from .session import DecoderSessions, ModelLayout
+
+PREFILL_CHUNK = 2048  # a longer prompt is prefilled in chunks of this many tokens (one request per run)
+PREFILL_TOKENS = 65536  # prompt tokens (padded) prefilled together in one step at most
+
+
+@dataclass(eq=False)
+class Request:
+    """One generation: what to do (set by the caller) and how far it got (set by the engine)."""
+
+    prompt: list[int]
+    max_new_tokens: int
+    params: SamplingParams = field(default_factory=SamplingParams)
+    eos_token_ids: frozenset[int] | None = None  # None: the model's eos ids
+    tag: object = None  # the caller's handle (the server's job)
+    # Progress, written by the engine.
+    generated: list[int] = field(default_factory=list)  # eos excluded
+    finish_reason: str | None = None  # "stop" (an eos id), "length" (max_new_tokens), "cancelled"
+    slot: int | None = None
+    cached: int = 0  # tokens of this request in its slot's KV cache
+    _sampler: Sampler | None = field(default=None, repr=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    @property
+    def greedy_on_device(self) -> bool:
+        """Its token is the graph's argmax (greedy without repetition penalty)."""
+        return self.params.greedy and self.params.repetition_penalty == 1.0
+
+
+class Engine:
+    def __init__(self, layout: ModelLayout, ep: str, capacity: int, *, cuda_graph: bool = True,
+                 max_slots: int | None = None):
+        """max_slots: a fixed number of slots, allocated now; None grows the slots (when idle) to fit
+        the waiting requests, which is what a caller that submits whole batches wants."""
+        self.layout, self.ep, self.capacity = layout, ep, capacity
+        self.device = "cuda" if ep == "cuda" else "cpu"
+        self.cuda_graph = cuda_graph and ep == "cuda"
+        self.sessions = DecoderSessions(layout, ep, cuda_graph=self.cuda_graph)
+        inputs = {i.name: i for i in self.sessions.uniform.get_inputs()}
+        self._cache_type = next((inputs[n].type for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
+        conv = inputs.get(layout.past_conv % layout.conv_layers[0]) if layout.conv_layers else None
+        dims = tuple(conv.shape[1:]) if conv else ()
+        self._conv_state = dims if all(isinstance(d, int) for d in dims) and dims else (layout.hidden_size,
+                                                                                        layout.conv_size)
+        self.eos_token_ids = frozenset(layout.eos_token_ids)
+        self.fixed_slots = max_slots is not None
+        self.caches: SlotCaches | None = None
+        self._slots: list[Request | None] = []
+        self._waiting: deque[Request] = deque()
+        self._parity = 0  # which conv / ids / seqlens buffers hold the running rows' state
+        self._fed_rows = 0  # the previous decode step left valid ids and lengths for rows [0, n) on the device
+        self._last_was_prefill = False
+        self._decode_bindings: dict[tuple[int, int], tuple] = {}
+        self._graph_ids = itertools.count(1)
+        if max_slots is not None:
+            if max_slots < 1:
+                raise UserError(f"max_slots must be at least 1 (got {max_slots})")
+            self._allocate(max_slots)
+
+    # -- requests -------------------------------------------------------------------------------
+    def add(self, request: Request) -> Request:
+        """Queue a request; the next steps prefill it into a free slot. Raises UserError for bad ones."""
+        if not request.prompt:
+            raise UserError("every prompt needs at least one token")
+        if request.max_new_tokens < 1:
+            raise UserError(f"max_new_tokens must be at least 1 (got {request.max_new_tokens})")
+        if len(request.prompt) + request.max_new_tokens > self.capacity:
+            raise UserError(f"prompt ({len(request.prompt)} tokens) + max_new_tokens ({request.max_new_tokens}) "
+                            f"exceeds the context of {self.capacity}; shorten the prompt, lower max_new_tokens, "
+                            f"or load with a larger max_length (the model allows {self.layout.context_length})")
+        if any(not 0 <= t < self.layout.vocab_size for t in request.prompt):
+            raise UserError(f"token ids must be in [0, {self.layout.vocab_size})")
+        request.params.validate()
+        if request.eos_token_ids is None:
+            request.eos_token_ids = self.eos_token_ids
+        self._waiting.append(request)
+        return request
+
+    def cancel(self, request: Request) -> None:
+        """Stop a request now: it leaves the queue or frees its slot for the next step."""
+        if request.finished:
+            return
+        if request.slot is None:
+            try:
+                self._waiting.remove(request)
+            except ValueError:
+                pass
+        request.finish_reason = "cancelled"
+        self._release(request)
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self._slots)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def slots(self) -> int:
+        return len(self._slots)
+
+    @property
+    def idle(self) -> bool:
+        return not self._waiting and self.running == 0
+
+    # -- one step -------------------------------------------------------------------------------
+    def step(self) -> list[Request]:
+        """Prefill waiting requests or run one decode step; returns the requests that advanced."""
+        if self._waiting and (self.running == 0 or not self._last_was_prefill):
+            if self.running == 0 and not self.fixed_slots and len(self._waiting) > len(self._slots):
+                self._allocate(len(self._waiting))
+            admitted = self._admit()
+            if admitted:
+                self._last_was_prefill = True
+                self._prefill(admitted)
+                return admitted
+        self._last_was_prefill = False
+        if self.running == 0:
+            return []
+        return self._decode()
+
+    # -- slots ----------------------------------------------------------------------------------
+    def _allocate(self, slots: int) -> None:
+        """New caches for `slots` rows (only while no request runs: captured graphs keep old addresses)."""
+        self.caches = None  # free the old buffers first
+        self.caches = SlotCaches(self.layout, self._cache_type, slots, self.capacity, self.device, self._conv_state)
+        self._slots = [None] * slots
+        self._decode_bindings.clear()  # new addresses: new bindings, new graph ids
+        self._fed_rows = 0
+
+    def _admit(self) -> list[Request]:
+        """Move waiting requests into the lowest free slots, up to PREFILL_TOKENS of prompt."""
+        admitted, tokens = [], 0
+        free = (s for s, r in enumerate(self._slots) if r is None)
+        while self._waiting:
+            request = self._waiting[0]
+            if admitted and tokens + len(request.prompt) > PREFILL_TOKENS:
+                break
+            slot = next(free, None)
+            if slot is None:
+                break
+            self._waiting.popleft()
+            request.slot, self._slots[slot] = slot, request
+            tokens += len(request.prompt)
+            admitted.append(request)
+        return admitted
+
+    def _release(self, request: Request) -> None:
+        if request.slot is not None:
+            self._slots[request.slot] = None
+            request.slot = None
+            self._fed_rows = 0  # the rows changed: the host writes the next step's inputs
+
+    def _bucket(self, rows: int) -> int:
+        """Decode steps run over a power of two of slots (or all of them): few shapes, few CUDA graphs."""
+        return min(1 << (rows - 1).bit_length(), len(self._slots))
+
+    # -- prefill --------------------------------------------------------------------------------
+    def _prefill(self, requests: list[Request]) -> None:
+        """Prompts of contiguous slots run together (equal lengths: uniform graph; else ragged graph)."""
+        for run in _contiguous(requests):
+            lengths = {len(r.prompt) for r in run}
+            if len(lengths) == 1:
+                scores, tokens = self._prefill_uniform(run)
+            elif max(lengths) <= PREFILL_CHUNK:
+                scores, tokens = self._prefill_ragged(run)
+            else:
+                for request in run:
+                    scores, tokens = self._prefill_uniform([request])
+                    self._first_token(request, scores, tokens, 0)
+                continue
+            for row, request in enumerate(run):
+                self._first_token(request, scores, tokens, row)
+        self._fed_rows = 0
+
+    def _first_token(self, request: Request, scores, tokens, row: int) -> None:
+        request.cached = len(request.prompt)
+        if not request.greedy_on_device:
+            request._sampler = Sampler(request.params, 1, self.layout.vocab_size)
+            if request.params.repetition_penalty != 1.0:
+                request._sampler.observe([np.asarray(request.prompt, np.int64)])
+        self._accept(request, self._pick(request, int(tokens[row]), scores, row))
+
+    def _prefill_uniform(self, run: list[Request]):
+        """Rows of equal length, in chunks of PREFILL_CHUNK positions; the last chunk leaves each
+        row's conv state in buffer `parity`, where the decode steps read it."""
+        start, rows = run[0].slot, len(run)
+        ids = np.array([r.prompt for r in run], dtype=np.int64)
+        width = ids.shape[1]
+        chunks = list(range(0, width, PREFILL_CHUNK))
+        for k, begin in enumerate(chunks):
+            piece = ids[:, begin:begin + PREFILL_CHUNK]
+            cached = begin + piece.shape[1]
+            target = self._parity if (len(chunks) - 1 - k) % 2 == 0 else 1 - self._parity
+            binding = self.sessions.prefill.io_binding()
+            for name in ("scores", "next_token", "next_seqlens_k"):  # first: get_outputs() keeps this order
+                binding.bind_output(name, "cpu")
+            binding.bind_cpu_input("input_ids", piece)
+            binding.bind_cpu_input("seqlens_k", np.full(rows, cached - 1, np.int32))
+            binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
+            self.caches.bind_kv(binding, start, rows)
+            self.caches.bind_conv(binding, start, rows, None if k == 0 else 1 - target, target)
+            self.sessions.prefill.run_with_iobinding(binding, self._run_options(-1))
+        return self._host_outputs(binding)
+
+    def _prefill_ragged(self, run: list[Request]):
+        """Right-padded prompts of unequal length: the ragged graph, each row's head at its last token."""
+        start, rows = run[0].slot, len(run)
+        lengths = np.array([len(r.prompt) for r in run], dtype=np.int64)
+        ids = np.full((rows, int(lengths.max())), self.layout.pad_token_id, dtype=np.int64)
+        for row, request in enumerate(run):
+            ids[row, :len(request.prompt)] = request.prompt
+        session = self.sessions.ragged
+        binding = session.io_binding()
+        for name in ("scores", "next_token"):  # first: get_outputs() keeps this order
+            binding.bind_output(name, "cpu")
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask",
+                               (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
+        binding.bind_cpu_input("last_positions", lengths - 1)
+        self.caches.bind_kv(binding, start, rows)
+        self.caches.bind_conv(binding, start, rows, None, self._parity)
+        session.run_with_iobinding(binding, self._run_options(-1))
+        return self._host_outputs(binding)
+
+    @staticmethod
+    def _host_outputs(binding):
+        """(scores [rows, V], argmax [rows]) of a prefill run, bound first and to the host."""
+        scores, tokens = binding.get_outputs()[:2]
+        return scores.numpy(), tokens.numpy().reshape(-1)
+
+    # -- decode ---------------------------------------------------------------------------------
+    def _decode(self) -> list[Request]:
+        running = [r for r in self._slots if r is not None]
+        rows = self._bucket(max(r.slot for r in running) + 1)
+        parity, caches = self._parity, self.caches
+        if self._fed_rows != rows:  # rows joined, left, or took a token the device didn't choose
+            ids = np.full(len(self._slots), self.layout.pad_token_id, np.int64)
+            seqlens = np.zeros(len(self._slots), np.int32)  # idle rows: position 0, never read
+            for r in running:
+                ids[r.slot], seqlens[r.slot] = r.generated[-1], r.cached
+            caches.write_step_inputs(parity, ids, seqlens)
+        binding, options = self._decode_binding(rows, parity)
+        self.sessions.uniform.run_with_iobinding(binding, options)
+        binding.synchronize_outputs()
+        self._parity = 1 - parity
+        device_tokens = caches.ids[1 - parity].value.numpy().reshape(-1)
+        scores = None
+        if not all(r.greedy_on_device for r in running):
+            scores = caches.scores(rows).value.numpy()
+        fed = True
+        for r in running:
+            r.cached += 1
+            token = self._pick(r, int(device_tokens[r.slot]), scores, r.slot)
+            fed &= token == device_tokens[r.slot]
+            self._accept(r, token)
+        self._fed_rows = rows if fed and all(not r.finished for r in running) else 0
+        return running
+
+    def _decode_binding(self, rows: int, parity: int):
+        key = (rows, parity)
+        if key not in self._decode_bindings:  # made once: a captured CUDA graph keeps the addresses it recorded
+            binding = self.sessions.uniform.io_binding()
+            self.caches.bind_decode(binding, rows, parity)
+            self._decode_bindings[key] = (binding, self._run_options(next(self._graph_ids)))
+        return self._decode_bindings[key]
+
+    def _run_options(self, graph_id: int):
+        from onnxruntime import RunOptions
+
+        options = RunOptions()
+        if self.cuda_graph and graph_id != -1:
+            options.add_run_config_entry("gpu_graph_id", str(graph_id))
+        if graph_id != -1:  # decode steps return once queued; the step waits where it reads
+            options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        return options
+
+    # -- tokens ---------------------------------------------------------------------------------
+    def _pick(self, request: Request, device_token: int, scores: np.ndarray | None, row: int) -> int:
+        """The request's next token: the device's argmax, or its own sampler over its scores row."""
+        if request.greedy_on_device:
+            return device_token
+        return int(request._sampler(scores[row:row + 1])[0])
+
+    def _accept(self, request: Request, token: int) -> None:
+        if request.finished:  # cancelled while its step ran
+            return
+        if token in request.eos_token_ids:
+            request.finish_reason = "stop"
+        else:
+            request.generated.append(token)
+            if request._sampler is not None and request.params.repetition_penalty != 1.0:
+                request._sampler.observe([np.array([token], np.int64)])
+            if len(request.generated) >= request.max_new_tokens:
+                request.finish_reason = "length"
+        if request.finished:
+            self._release(request)
+
+
+def _contiguous(requests: list[Request]) -> list[list[Request]]:
+    """Requests in runs of consecutive slots (admission hands out the lowest free slots in order)."""
+    runs: list[list[Request]] = []
+    for request in sorted(requests, key=lambda r: r.slot):
+        if runs and runs[-1][-1].slot + 1 == request.slot:
+            runs[-1].append(request)
+        else:
+            runs.append([request])
+    return runs

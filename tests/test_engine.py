@@ -1,0 +1,143 @@
+"""The engine (lfm2_onnx.engine) on CPU: slots, requests joining and leaving, per-request sampling."""
+
+from __future__ import annotations
+
+import pytest
+
+from lfm2_onnx import engine as engine_module
+from lfm2_onnx.engine import Engine, Request
+from lfm2_onnx.errors import UserError
+from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.sampling import SamplingParams
+from lfm2_onnx.session import ModelLayout
+
+PROMPTS = [[1, 45, 300, 17, 98, 412, 23, 77, 5, 640, 31], [1, 250, 9], [1, 88, 120, 700, 66, 15, 402],
+           [1, 5, 6, 7, 8], [1] + list(range(20, 61))]
+SAMPLED = SamplingParams(temperature=0.9, top_p=0.95, seed=11)
+PENALISED = SamplingParams(repetition_penalty=1.3)  # greedy on the host
+
+
+@pytest.fixture(scope="module")
+def layout(tiny_export):
+    return ModelLayout.from_folder(tiny_export)
+
+
+@pytest.fixture(scope="module")
+def engine(layout):
+    return Engine(layout, "cpu", capacity=128, max_slots=4)
+
+
+def run_alone(engine: Engine, prompt, n, params=SamplingParams()) -> list[int]:
+    request = engine.add(Request(prompt, n, params))
+    while not request.finished:
+        engine.step()
+    return request.generated
+
+
+@pytest.fixture(scope="module")
+def alone(engine):
+    """Each prompt's tokens when it has the engine to itself."""
+    return {(i, kind): run_alone(engine, p, 20, params) for i, p in enumerate(PROMPTS)
+            for kind, params in (("greedy", SamplingParams()), ("sampled", SAMPLED), ("penalised", PENALISED))}
+
+
+def drain(engine: Engine, requests) -> None:
+    while not all(r.finished for r in requests):
+        engine.step()
+
+
+def test_requests_joining_and_leaving_get_the_tokens_they_get_alone(engine, alone):
+    """Requests join mid-generation, one is cancelled, slots are reused, more wait than fit."""
+    a = engine.add(Request(PROMPTS[0], 20))
+    for _ in range(5):
+        engine.step()
+    b = engine.add(Request(PROMPTS[1], 20, SAMPLED))
+    doomed = engine.add(Request(PROMPTS[2], 20))
+    for _ in range(3):
+        engine.step()
+    assert doomed.slot is not None and len(doomed.generated) > 0
+    engine.cancel(doomed)
+    assert doomed.finish_reason == "cancelled" and doomed.slot is None
+    later = [engine.add(Request(PROMPTS[i], 20, params)) for i, params in
+             ((2, SamplingParams()), (3, PENALISED), (4, SamplingParams()), (1, SamplingParams()))]
+    assert engine.waiting > 0  # four slots: some of them wait for a free one
+    drain(engine, [a, b, *later])
+    assert a.generated == alone[(0, "greedy")]
+    assert b.generated == alone[(1, "sampled")]
+    assert [r.generated for r in later] == [alone[(2, "greedy")], alone[(3, "penalised")], alone[(4, "greedy")],
+                                           alone[(1, "greedy")]]
+    assert all(r.finish_reason == "length" for r in [a, b, *later]) and engine.idle
+
+
+def test_prompts_prefilled_together_into_later_slots(engine, alone):
+    """A group of ragged prompts prefilled in one run into slots 1..3 while slot 0 decodes."""
+    first = engine.add(Request(PROMPTS[3], 20))
+    engine.step()
+    group = [engine.add(Request(PROMPTS[i], 20)) for i in (0, 1, 2)]
+    engine.step()  # a decode step for `first` (a prefill just ran)
+    engine.step()  # the group's prefill
+    assert [r.slot for r in group] == [1, 2, 3] and all(len(r.generated) == 1 for r in group)
+    drain(engine, [first, *group])
+    assert first.generated == alone[(3, "greedy")]
+    assert [r.generated for r in group] == [alone[(i, "greedy")] for i in (0, 1, 2)]
+
+
+def test_chunked_prefill_while_others_decode(engine, alone, monkeypatch):
+    running = engine.add(Request(PROMPTS[0], 20))
+    engine.step()
+    engine.step()
+    for chunk in (8, 10):  # odd and even numbers of chunks end in different conv buffers
+        monkeypatch.setattr(engine_module, "PREFILL_CHUNK", chunk)
+        long = engine.add(Request(PROMPTS[4], 20))
+        drain(engine, [long])
+        assert long.generated == alone[(4, "greedy")], chunk
+    drain(engine, [running])
+    assert running.generated == alone[(0, "greedy")]
+
+
+def test_eos_and_budget_per_request(layout, alone):
+    engine = Engine(layout, "cpu", capacity=128, max_slots=2)
+    tokens = alone[(0, "greedy")]
+    stop = next(t for k, t in enumerate(tokens) if k >= 2 and t not in tokens[:k])
+    a = engine.add(Request(PROMPTS[0], 20, eos_token_ids=frozenset({stop})))
+    b = engine.add(Request(PROMPTS[0], 7))
+    drain(engine, [a, b])
+    assert (a.generated, a.finish_reason) == (tokens[:tokens.index(stop)], "stop")
+    assert (b.generated, b.finish_reason) == (tokens[:7], "length")
+
+
+def test_bad_requests_are_refused(engine):
+    with pytest.raises(UserError, match="exceeds the context of 128"):
+        engine.add(Request(PROMPTS[0], 200))
+    with pytest.raises(UserError, match="at least one token"):
+        engine.add(Request([], 4))
+    with pytest.raises(UserError, match="token ids must be in"):
+        engine.add(Request([1, 10**9], 4))
+    with pytest.raises(UserError, match="temperature"):
+        engine.add(Request([1, 2], 4, SamplingParams(temperature=-1.0)))
+    assert engine.idle
+
+
+def test_interleaved_streams_share_the_model(tiny_export, alone):
+    """Two generations iterated in turn: no state on the model, each gets its own tokens."""
+    model = Lfm2Model.load(tiny_export, max_length=128)
+    one = model.stream_ids(PROMPTS[0], 20)
+    two = model.stream_ids(PROMPTS[2], 20, SAMPLED)
+    got_one, got_two = [], []
+    for a, b in zip(one, two):
+        got_one.append(a)
+        got_two.append(b)
+    got_one += list(one)
+    got_two += list(two)
+    assert got_one == alone[(0, "greedy")] and got_two == alone[(2, "sampled")]
+    abandoned = model.stream_ids(PROMPTS[1], 20)
+    next(abandoned)
+    abandoned.close()  # leaves the engine
+    assert model.engine.idle
+    assert model.generate_ids([PROMPTS[1], PROMPTS[3]], 20) == [alone[(1, "greedy")], alone[(3, "greedy")]]
+
+
+def test_batch_larger_than_max_batch_waits_for_slots(tiny_export, alone):
+    model = Lfm2Model.load(tiny_export, max_length=128, max_batch=2)
+    assert model.generate_ids(PROMPTS, 20) == [alone[(i, "greedy")] for i in range(len(PROMPTS))]
+    assert model.engine.slots == 2
