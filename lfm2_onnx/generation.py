@@ -22,7 +22,7 @@ from .engine import Engine, Request
 from .errors import UserError
 from .sampling import PRESETS, SamplingParams, from_generation_config
 from .session import ModelLayout
-from .text import IncrementalDecoder, TextCodec
+from .text import TextCodec, TextStream
 
 DEFAULT_CAPACITY = 4096  # KV positions allocated per row unless load() is told otherwise
 
@@ -169,22 +169,18 @@ class Lfm2Model:
     # -- streaming ------------------------------------------------------------------------------
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
                      *, skip_special_tokens: bool = True) -> Iterator[str]:
-        decoder = IncrementalDecoder(self.codec, skip_special_tokens=skip_special_tokens)
-        emitted, held = "", ""
+        text = TextStream(self.codec, stop, skip_special_tokens=skip_special_tokens)
         tokens = self.stream_ids(ids, max_new_tokens, params)
         try:
             for token in tokens:
-                held += decoder.push(token)
-                out, held, hit = _release(emitted, held, stop)
-                emitted += out
+                out = text.push(token)
                 if out:
                     yield out
-                if hit:
+                if text.stopped:
                     return
         finally:
             tokens.close()  # a stop string (or the caller) ended it: the request leaves the engine
-        held += decoder.flush()
-        out, _, _ = _release(emitted, held, stop, final=True)
+        out = text.finish()
         if out:
             yield out
 
@@ -210,8 +206,12 @@ class Lfm2Model:
             return ChatStream(deltas, ChatStreamParser(reasoning_started=reasoning_started))
         return parse_assistant_message("".join(deltas), reasoning_started=reasoning_started)
 
-    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None) -> tuple[list[int], bool]:
-        """Token ids of the rendered conversation, and whether the prompt already opened <think>."""
+    def chat_prompt(self, messages: list[dict], tools: list[dict] | None = None, *,
+                    template_kwargs: dict | None = None, generation_prefix: str = "") -> tuple[list[int], bool]:
+        """Token ids of the rendered conversation, and whether the prompt already opened <think>.
+
+        template_kwargs: extra template variables (e.g. enable_thinking); generation_prefix: text
+        the assistant's turn starts with (the server forces a tool call that way)."""
         from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
             template_renders_tool_calls
 
@@ -221,8 +221,10 @@ class Lfm2Model:
         template = self._chat_template
         # Templates that ignore an assistant turn's tool_calls get them written into its content.
         text = render_chat(template, messages, tools=tools, add_generation_prompt=True,
-                           inline_tool_calls=not template_renders_tool_calls(template), **self._special_tokens)
-        return self.codec.encode(text, add_special_tokens=False), text.rstrip().endswith(THINK_START)
+                           inline_tool_calls=not template_renders_tool_calls(template),
+                           **{**self._special_tokens, **(template_kwargs or {})})
+        reasoning_started = text.rstrip().endswith(THINK_START)
+        return self.codec.encode(text + generation_prefix, add_special_tokens=False), reasoning_started
 
 
 class ChatStream:
@@ -236,21 +238,6 @@ class ChatStream:
             yield from self._parser.feed(delta)
         yield from self._parser.finish()
         self.message = self._parser.final_message()
-
-
-def _release(emitted: str, held: str, stop: list[str], final: bool = False) -> tuple[str, str, bool]:
-    """Split held text into what can be shown now and what might still begin a stop string."""
-    if not stop:
-        return held, "", False
-    text = emitted + held
-    for s in stop:
-        at = text.find(s)
-        if at != -1:
-            return text[len(emitted):at] if at > len(emitted) else "", "", True
-    if final:
-        return held, "", False
-    keep = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-    return held[:len(held) - keep] if keep else held, held[len(held) - keep:] if keep else "", False
 
 
 def _cut_at_stop(text: str, stop: list[str]) -> str:

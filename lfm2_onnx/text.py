@@ -59,3 +59,51 @@ class IncrementalDecoder:
         full = self.codec.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
         self.read_offset = len(self.ids)
         return full[len(prefix):] if len(full) > len(prefix) else ""
+
+
+class TextStream:
+    """Generated token ids in, text deltas out, ending at the first stop string (which is not shown).
+
+    Text that might still begin a stop string is held back until the next tokens settle it. The
+    search looks only at the new text and the few characters before it, so long outputs stay linear.
+    """
+
+    def __init__(self, codec: TextCodec, stop: list[str] | None = None, *, skip_special_tokens: bool = True):
+        self.decoder = IncrementalDecoder(codec, skip_special_tokens=skip_special_tokens)
+        self.stop = [s for s in (stop or []) if s]
+        self._longest = max((len(s) for s in self.stop), default=0)
+        self._tail = ""  # the last shown characters a stop string could start in
+        self._held = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """The text that can be shown after this token ("" once a stop string was seen)."""
+        if self.stopped:
+            return ""
+        self._held += self.decoder.push(token)
+        return self._release(final=False)
+
+    def finish(self) -> str:
+        """What was held back, once generation ended."""
+        if self.stopped:
+            return ""
+        self._held += self.decoder.flush()
+        return self._release(final=True)
+
+    def _release(self, final: bool) -> str:
+        if not self.stop:
+            out, self._held = self._held, ""
+            return out
+        window = self._tail + self._held
+        hits = [at for at in (window.find(s) for s in self.stop) if at != -1]
+        if hits:
+            self.stopped = True
+            out = window[len(self._tail):min(hits)] if min(hits) > len(self._tail) else ""
+            self._held = ""
+            return out
+        keep = 0 if final else max((k for s in self.stop for k in range(1, len(s)) if window.endswith(s[:k])),
+                                   default=0)
+        out = self._held[:len(self._held) - keep]
+        self._held = self._held[len(self._held) - keep:]
+        self._tail = (self._tail + out)[-(self._longest - 1):] if self._longest > 1 else ""
+        return out

@@ -1,0 +1,56 @@
+"""python -m lfm2_onnx.serve FOLDER: an OpenAI-compatible server with continuous batching.
+
+    python -m lfm2_onnx.serve lfm2-350m-onnx --ep cuda --port 8000 [--max-batch 64] [--api-key KEY]
+
+Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while
+the model loads), GET /metrics (Prometheus). Needs the serve extra: pip install "lfm2-onnx[serve]".
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import ArgumentParser, UserError, cli_entry
+from .session import ModelLayout
+
+
+def parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m lfm2_onnx.serve", description=__doc__.split("\n\n")[0])
+    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
+    p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-batch", type=int, default=64, help="requests decoded together (slots); more wait")
+    p.add_argument("--max-waiting", type=int, default=256, help="requests waiting for a slot before 429")
+    p.add_argument("--max-length", type=int, help="KV positions per request (prompt + new tokens); default 4096")
+    p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 (or set LFM2_API_KEY)")
+    p.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--no-cuda-graph", action="store_true", help="run decode steps without CUDA graphs")
+    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    return p
+
+
+@cli_entry
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        import uvicorn
+
+        from .server import ServerConfig, create_app
+    except ImportError as e:
+        raise UserError(f"the server needs its extra ({e.name} is missing): pip install \"lfm2-onnx[serve]\"") from None
+    if args.max_batch < 1 or args.max_waiting < 0:
+        raise UserError("--max-batch must be at least 1 and --max-waiting at least 0")
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be in 1..65535 (got {args.port})")
+    ModelLayout.from_folder(args.folder)  # a wrong folder fails here, in one line, before listening
+    config = ServerConfig(folder=args.folder, ep=args.ep, max_batch=args.max_batch, max_length=args.max_length,
+                          max_waiting=args.max_waiting, api_key=args.api_key or os.environ.get("LFM2_API_KEY"),
+                          model_name=args.served_model_name, cuda_graph=not args.no_cuda_graph)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

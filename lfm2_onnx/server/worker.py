@@ -1,0 +1,139 @@
+"""The engine's thread: takes requests from the event loop, steps the batch, sends tokens back.
+
+One thread owns the engine (lfm2_onnx.engine) and calls nothing else; HTTP handlers talk to it
+through an inbox (add / cancel) and get each step's new tokens on their asyncio queue. It sleeps
+while there is nothing to do. A step that fails fails the requests in it; the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from ..engine import Engine, Request
+from ..errors import UserError, one_line
+from .protocol import ApiError
+
+log = logging.getLogger("lfm2_onnx.serve")
+
+
+@dataclass(eq=False)
+class Job:
+    """One HTTP request's generation: the engine request and the queue its tokens arrive on.
+
+    The queue receives (token ids, finish reason or None) per step, or an ApiError."""
+
+    request: Request
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    delivered: int = 0  # tokens of request.generated already sent
+    submitted: float = field(default_factory=time.perf_counter)
+    endpoint: str = ""
+    text: object = None  # the TextStream its tokens go through
+    finish_reason: str | None = None  # OpenAI's: stop, length (tool_calls is decided by the handler)
+    eos: bool = False  # it ended on an eos token
+
+
+class Overloaded(Exception):
+    pass
+
+
+class EngineWorker:
+    def __init__(self, engine: Engine, *, max_waiting: int, metrics=None):
+        self.engine, self.max_waiting, self.metrics = engine, max_waiting, metrics
+        self._inbox: deque[tuple[str, Job]] = deque()
+        self._live: set[Job] = set()  # submitted and not finished (running or waiting)
+        self._wake = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lfm2-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join(timeout=10)
+
+    @property
+    def waiting(self) -> int:
+        return max(len(self._live) - self.engine.running, 0)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; Overloaded when every slot is taken and max_waiting requests already wait."""
+        with self._wake:
+            if len(self._live) >= self.engine.slots + self.max_waiting:
+                raise Overloaded
+            self._live.add(job)
+            self._inbox.append(("add", job))
+            self._wake.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client left, or a stop string ended it: its slot is free at the next step."""
+        with self._wake:
+            self._inbox.append(("cancel", job))
+            self._wake.notify()
+
+    # -- the thread ------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._inbox and self.engine.idle and not self._stopping:
+                    self._wake.wait()
+                if self._stopping:
+                    return
+                orders = list(self._inbox)
+                self._inbox.clear()
+            for order, job in orders:
+                self._apply(order, job)
+            try:
+                advanced = self.engine.step()
+            except Exception as e:  # a failed run: fail what was in the engine, keep serving
+                log.exception("engine step failed")
+                self._fail_all(ApiError(500, f"generation failed: {one_line(e)}", type="server_error"))
+                continue
+            self._deliver(advanced)
+            with self._wake:
+                self._live = {job for job in self._live if not job.request.finished}
+            if self.metrics is not None:
+                self.metrics.engine_state(self.engine.running, self.waiting, self.engine.slots)
+
+    def _apply(self, order: str, job: Job) -> None:
+        if order == "cancel":
+            self.engine.cancel(job.request)
+            return
+        if job.request.finished:  # cancelled before it was added
+            return
+        try:
+            self.engine.add(job.request)
+        except UserError as e:
+            job.request.finish_reason = "cancelled"
+            job.loop.call_soon_threadsafe(job.queue.put_nowait, ApiError(400, one_line(e)))
+
+    def _deliver(self, requests: list[Request]) -> None:
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for request in requests:
+            job = request.tag
+            new = request.generated[job.delivered:]
+            job.delivered += len(new)
+            if new or request.finished:
+                by_loop.setdefault(job.loop, []).append((job, new, request.finish_reason))
+        for loop, items in by_loop.items():  # one wake-up of the event loop per step
+            loop.call_soon_threadsafe(_dispatch, items)
+
+    def _fail_all(self, error: ApiError) -> None:
+        engine = self.engine
+        stuck = [r for r in engine._slots if r is not None] + list(engine._waiting)
+        for request in stuck:
+            engine.cancel(request)
+            request.tag.loop.call_soon_threadsafe(request.tag.queue.put_nowait, error)
+
+
+def _dispatch(items) -> None:
+    for job, tokens, finish in items:
+        job.queue.put_nowait((tokens, finish))

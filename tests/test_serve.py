@@ -1,0 +1,422 @@
+"""python -m lfm2_onnx.serve with the tiny model: a real uvicorn server on 127.0.0.1, the official openai client.
+
+Random weights never write a tool call or a think block, so those tests run a second server in this
+process (still uvicorn on a socket) whose engine takes its tokens from a script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+
+from lfm2_onnx.generation import Lfm2Model  # noqa: E402
+
+KEY = "sk-test-0123456789"
+MAX_BATCH, MAX_LENGTH = 8, 512
+WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+                                               "parameters": {"type": "object",
+                                                              "properties": {"city": {"type": "string"},
+                                                                             "days": {"type": "integer"}}}}}]
+THINKING = ('{%- if add_generation_prompt and enable_thinking is defined and enable_thinking -%}'
+            '{{- "<think>" -}}{%- endif -%}\n')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(base: str, process=None, timeout: float = 180, state=None) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited: {process.stdout.read()}")
+        if state is not None and state.error:
+            raise RuntimeError(f"server failed to load: {state.error}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError("server never became healthy")
+
+
+@pytest.fixture(scope="module")
+def folder(tiny_export, tmp_path_factory):
+    """The tiny export, its template opening a think block when asked (chat_template_kwargs)."""
+    folder = tmp_path_factory.mktemp("serve") / "lfm2-tiny"
+    shutil.copytree(tiny_export, folder)
+    template = folder / "chat_template.jinja"
+    template.write_text(template.read_text() + THINKING)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def server(folder):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "lfm2_onnx.serve", str(folder), "--port", str(port),
+                                "--max-batch", str(MAX_BATCH), "--max-length", str(MAX_LENGTH), "--api-key", KEY,
+                                "--log-level", "warning"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(base, process)
+        yield base
+    finally:
+        process.terminate()
+        try:
+            output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            output, _ = process.communicate()
+    assert KEY not in output  # keys are never logged
+    assert "Traceback" not in output, output
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def local(folder):
+    """The same folder in this process: what a request gets alone."""
+    return Lfm2Model.load(folder, max_length=MAX_LENGTH)
+
+
+def metric(base: str, name: str, labels: str = "") -> float:
+    text = httpx.get(f"{base}/metrics").text
+    match = re.search(rf"^{re.escape(name)}{re.escape(labels)} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def chat_messages(i: int) -> list[dict]:
+    return [{"role": "user", "content": f"Question {i}: " + "tell me more " * (i % 5)}]
+
+
+# -- the subprocess server -------------------------------------------------------------------------
+def test_models_health_and_metrics(server, client, folder):
+    assert httpx.get(f"{server}/health").json() == {"status": "ok"}
+    assert [m.id for m in client.models.list().data] == [folder.name]
+    client.completions.create(model=folder.name, prompt="hi", max_tokens=3)
+    text = httpx.get(f"{server}/metrics").text
+    for name in ("lfm2_requests_running", "lfm2_requests_waiting", "lfm2_prompt_tokens_total",
+                 "lfm2_generation_tokens_total", "lfm2_time_to_first_token_seconds_bucket",
+                 "lfm2_inter_token_latency_seconds_bucket", "lfm2_slot_use_ratio"):
+        assert name in text, name
+    assert metric(server, "lfm2_slots") == MAX_BATCH
+    assert metric(server, "lfm2_time_to_first_token_seconds_count") >= 1
+
+
+def test_chat_equals_the_runtime_streamed_or_not(client, local, folder):
+    messages = chat_messages(1)
+    expected = local.chat(messages, max_new_tokens=20)["content"]
+    reply = client.chat.completions.create(model=folder.name, messages=messages, max_tokens=20)
+    assert reply.choices[0].message.content == expected
+    assert reply.choices[0].finish_reason in ("length", "stop")
+    prompt_tokens = len(local.chat_prompt(messages)[0])
+    assert reply.usage.prompt_tokens == prompt_tokens and 0 < reply.usage.completion_tokens <= 20
+    chunks = list(client.chat.completions.create(model=folder.name, messages=messages, max_tokens=20, stream=True,
+                                                 stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == expected
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == reply.choices[0].finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.model_dump() == reply.usage.model_dump()
+
+
+def test_completions_streamed_or_not(client, local, folder):
+    expected = local.generate("The capital of France is", max_new_tokens=12)
+    reply = client.completions.create(model=folder.name, prompt="The capital of France is", max_tokens=12)
+    assert reply.choices[0].text == expected
+    streamed = client.completions.create(model=folder.name, prompt="The capital of France is", max_tokens=12,
+                                         stream=True)
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == expected
+    ids = local.codec.encode("The capital of France is")
+    assert client.completions.create(model=folder.name, prompt=ids, max_tokens=12).choices[0].text == expected
+
+
+def test_stop_seed_and_sampling_options(client, local, folder):
+    text = local.generate("Once upon a time", max_new_tokens=30)
+    stop = text[8:11]
+    cut = client.completions.create(model=folder.name, prompt="Once upon a time", max_tokens=30, stop=[stop])
+    assert cut.choices[0].text == text[:text.index(stop)] and cut.choices[0].finish_reason == "stop"
+    options = dict(model=folder.name, prompt="Once upon a time", max_tokens=16, temperature=0.9, top_p=0.9, seed=5,
+                   extra_body={"top_k": 40, "min_p": 0.01, "repetition_penalty": 1.1})
+    first, again = (client.completions.create(**options).choices[0].text for _ in range(2))
+    assert first == again == local.generate("Once upon a time", max_new_tokens=16, temperature=0.9, top_p=0.9,
+                                            seed=5, top_k=40, min_p=0.01, repetition_penalty=1.1)
+
+
+def test_reasoning_goes_to_reasoning_content(client, folder):
+    """The template opens <think> (chat_template_kwargs): everything generated is reasoning."""
+    options = dict(model=folder.name, messages=chat_messages(2), max_tokens=16,
+                   extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+    reply = client.chat.completions.create(**options).choices[0].message
+    assert reply.reasoning_content and not reply.content
+    chunks = list(client.chat.completions.create(stream=True, **options))
+    assert "".join(getattr(c.choices[0].delta, "reasoning_content", None) or "" for c in chunks if c.choices) \
+        == reply.reasoning_content
+
+
+def test_concurrent_streams_each_get_their_text_alone(server, client, folder):
+    """32 streaming clients at once (8 slots: the rest wait), each text equal to the one it gets alone."""
+    n, max_tokens = 32, 24
+    alone = [client.chat.completions.create(model=folder.name, messages=chat_messages(i), max_tokens=max_tokens)
+             .choices[0].message.content for i in range(n)]
+
+    async def one(aclient, i):
+        stream = await aclient.chat.completions.create(model=folder.name, messages=chat_messages(i),
+                                                       max_tokens=max_tokens, stream=True)
+        return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+    async def all_at_once():
+        async with openai.AsyncOpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120) as aclient:
+            return await asyncio.gather(*(one(aclient, i) for i in range(n)))
+
+    assert asyncio.run(all_at_once()) == alone
+    assert metric(server, "lfm2_requests_running") == 0
+
+
+BAD_BODIES = [
+    ("not json", '{"messages": [', "not valid JSON"),
+    ("not an object", "[1, 2]", "JSON object"),
+    ("no messages", {"model": "m"}, "messages is required"),
+    ("empty messages", {"messages": []}, "at least 1"),
+    ("wrong type", {"messages": [{"role": "user", "content": "x"}], "temperature": "hot"}, "temperature"),
+    ("unknown role", {"messages": [{"role": "robot", "content": "x"}]}, "role"),
+    ("content type", {"messages": [{"role": "user", "content": 5}]}, "content"),
+    ("past the context", {"messages": [{"role": "user", "content": "x"}], "max_tokens": 10**6}, "exceeds the context"),
+    ("n > 1", {"messages": [{"role": "user", "content": "x"}], "n": 3}, "n > 1"),
+    ("schema not an object", {"messages": [{"role": "user", "content": "x"}],
+                              "tools": [{"type": "function", "function": {"name": "f", "parameters": []}}]},
+     "parameters"),
+    ("schema of a string", {"messages": [{"role": "user", "content": "x"}],
+                            "tools": [{"type": "function", "function": {"name": "f",
+                                                                        "parameters": {"type": "string"}}}]},
+     "object"),
+    ("named tool not in tools", {"messages": [{"role": "user", "content": "x"}], "tools": WEATHER,
+                                 "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "not in tools"),
+    ("tool_choice without tools", {"messages": [{"role": "user", "content": "x"}], "tool_choice": "required"},
+     "needs tools"),
+    ("negative max_tokens", {"messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, "max_tokens"),
+    ("bad top_p", {"messages": [{"role": "user", "content": "x"}], "top_p": 0}, "top_p"),
+    ("logprobs", {"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
+    ("reserved template variable", {"messages": [{"role": "user", "content": "x"}],
+                                    "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+]
+
+
+@pytest.mark.parametrize("name,body,says", BAD_BODIES, ids=[b[0] for b in BAD_BODIES])
+def test_malformed_requests_are_400_in_openai_shape(server, name, body, says):
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    content = body if isinstance(body, str) else json.dumps(body)
+    response = httpx.post(f"{server}/v1/chat/completions", content=content, headers=headers)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["type"] == "invalid_request_error"
+    assert says in error["message"], error["message"]
+
+
+def test_other_errors_and_the_server_keeps_serving(server, client, folder):
+    headers = {"Authorization": f"Bearer {KEY}"}
+    bad = [("/v1/completions", {"prompt": ["a", "b"]}), ("/v1/completions", {"prompt": []}),
+           ("/v1/completions", {"prompt": [1, 10**9]}), ("/v1/completions", {"prompt": "x", "echo": True})]
+    for path, body in bad:
+        response = httpx.post(f"{server}{path}", json=body, headers=headers)
+        assert response.status_code == 400 and "error" in response.json(), (body, response.text)
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model="gpt-4o", messages=chat_messages(0), max_tokens=2)
+    assert httpx.get(f"{server}/v1/nowhere", headers=headers).json()["error"]["type"] == "not_found_error"
+    assert client.chat.completions.create(model=folder.name, messages=chat_messages(0), max_tokens=2).choices
+
+
+def test_api_key(server, folder):
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=f"{server}/v1", api_key="wrong", max_retries=0).models.list()
+    response = httpx.post(f"{server}/v1/chat/completions", json={"messages": []})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{server}/health").status_code == 200  # health and metrics stay open
+
+
+# -- an in-process server with scripted tokens -------------------------------------------------------
+SCRIPTS = {
+    "tool_call": 'Let me check.<|tool_call_start|>[get_weather(city="Paris", days=2)]<|tool_call_end|>',
+    "forced": 'city="Paris")]<|tool_call_end|>',  # after the forced `<|tool_call_start|>[get_weather(`
+    "answer": "It is 18°C and sunny in Paris.",
+    "reasoning": "<think>The user wants a greeting.</think>Hello there! 🙂",
+}
+
+
+class ScriptedServer:
+    """uvicorn in a thread; each request's reply is chosen from SCRIPTS by what its prompt ends with."""
+
+    def __init__(self, folder, **config):
+        import uvicorn
+
+        from lfm2_onnx.server import ServerConfig, create_app
+
+        self.port = free_port()
+        self.app = create_app(ServerConfig(folder=str(folder), max_length=MAX_LENGTH, **config))
+        self.uvicorn = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.uvicorn.run, daemon=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        self.thread.start()
+        wait_healthy(self.base, state=self.app.state.lfm2)
+        model = self.app.state.lfm2.model
+        eos = model.layout.eos_token_ids[0]
+        scripts = {k: model.codec.encode(v, add_special_tokens=False) + [eos] for k, v in SCRIPTS.items()}
+        self.prompts = []
+
+        def pick(request, device_token, scores, row):
+            prompt = model.codec.decode(request.prompt, skip_special_tokens=False)
+            if not request.generated:
+                self.prompts.append(prompt)
+            if "Hold" in prompt:  # slow, and never ends on its own
+                time.sleep(0.005)
+                return scripts["answer"][0]
+            kind = ("forced" if prompt.endswith("get_weather(") else "answer" if "<|tool_response_start|>" in prompt
+                    else "reasoning" if "Hi" in prompt else "tool_call")
+            script = scripts[kind]
+            return script[min(len(request.generated), len(script) - 1)]
+
+        model.engine._pick = pick
+        self.client = openai.OpenAI(base_url=f"{self.base}/v1", api_key="unused", max_retries=0, timeout=60)
+        return self
+
+    def __exit__(self, *exc):
+        self.uvicorn.should_exit = True
+        self.thread.join(timeout=20)
+
+
+@pytest.fixture(scope="module")
+def scripted(folder):
+    with ScriptedServer(folder, max_batch=2) as server:
+        yield server
+
+
+def test_tool_round_trip(scripted, folder):
+    client, ask = scripted.client, [{"role": "user", "content": "What's the weather in Paris?"}]
+    reply = client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, tool_choice="auto")
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content == "Let me check."
+    (call,) = choice.message.tool_calls
+    assert call.id.startswith("call_") and call.type == "function" and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments) == {"city": "Paris", "days": 2}
+    assert "<|tool_list_start|>" in scripted.prompts[-1]  # the tools reached the template
+
+    chunks = list(client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    parts = [t for d in deltas for t in (d.tool_calls or [])]
+    assert parts[0].index == 0 and parts[0].id.startswith("call_") and parts[0].function.name == "get_weather"
+    assert all(p.index == 0 and p.id is None for p in parts[1:])
+    assert json.loads("".join(p.function.arguments or "" for p in parts)) == {"city": "Paris", "days": 2}
+    assert "".join(d.content or "" for d in deltas) == "Let me check."
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "tool_calls"
+
+    history = ask + [choice.message.model_dump(exclude_none=True),
+                     {"role": "tool", "tool_call_id": call.id, "content": "18°C, sunny"}]
+    answer = client.chat.completions.create(model=folder.name, messages=history, tools=WEATHER)
+    assert answer.choices[0].message.content == SCRIPTS["answer"] and answer.choices[0].finish_reason == "stop"
+    assert '<|tool_call_start|>[get_weather(city="Paris", days=2)]<|tool_call_end|>' in scripted.prompts[-1]
+    assert "<|tool_response_start|>18°C, sunny<|tool_response_end|>" in scripted.prompts[-1]
+
+
+def test_tool_choice_named_required_and_none(scripted, folder):
+    client, ask = scripted.client, [{"role": "user", "content": "Weather?"}]
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, tool_choice=named)
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert scripted.prompts[-1].endswith("<|tool_call_start|>[get_weather(")
+    client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, tool_choice="required",
+                                   max_tokens=3)
+    assert scripted.prompts[-1].endswith("<|im_start|>assistant\n<|tool_call_start|>[")
+    client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, tool_choice="none", max_tokens=3)
+    assert "<|tool_list_start|>" not in scripted.prompts[-1]
+    two = client.chat.completions.create(model=folder.name, messages=ask, tools=WEATHER, parallel_tool_calls=False)
+    assert len(two.choices[0].message.tool_calls) == 1
+
+
+def test_reasoning_split_streamed_and_not(scripted, folder):
+    client, hi = scripted.client, [{"role": "user", "content": "Hi"}]
+    message = client.chat.completions.create(model=folder.name, messages=hi).choices[0].message
+    assert message.reasoning_content == "The user wants a greeting." and message.content == "Hello there! 🙂"
+    deltas = [c.choices[0].delta for c in client.chat.completions.create(model=folder.name, messages=hi, stream=True)
+              if c.choices]
+    assert "".join(getattr(d, "reasoning_content", None) or "" for d in deltas) == "The user wants a greeting."
+    assert "".join(d.content or "" for d in deltas) == "Hello there! 🙂"
+
+
+def test_clients_that_disconnect_free_their_slots(scripted, folder):
+    base, client = scripted.base, scripted.client
+    hold = [{"role": "user", "content": "Hold the slot"}]
+    cancelled = '{endpoint="%s",finish_reason="cancelled"}'
+    streams = [client.chat.completions.create(model=folder.name, messages=hold, max_tokens=400, stream=True)
+               for _ in range(2)]
+    for stream in streams:  # both slots taken; read a little, then hang up
+        next(iter(stream))
+        next(iter(stream))
+        stream.close()
+    try:  # a non-streamed request whose client gives up
+        httpx.post(f"{base}/v1/completions", json={"prompt": "Hold", "max_tokens": 400}, timeout=0.5)
+        raise AssertionError("the request should have outlived the client")
+    except httpx.TimeoutException:
+        pass
+    deadline = time.time() + 3  # well before 400 slow tokens would end them
+    while time.time() < deadline and (metric(base, "lfm2_requests_total", cancelled % "chat") < 2
+                                      or metric(base, "lfm2_requests_total", cancelled % "completions") < 1
+                                      or metric(base, "lfm2_requests_running") > 0):
+        time.sleep(0.05)
+    assert metric(base, "lfm2_requests_total", cancelled % "chat") == 2
+    assert metric(base, "lfm2_requests_total", cancelled % "completions") == 1
+    assert metric(base, "lfm2_requests_running") == 0
+    # The slots are free again.
+    reply = client.chat.completions.create(model=folder.name, messages=[{"role": "user", "content": "Hi"}])
+    assert reply.choices[0].message.content == "Hello there! 🙂"
+
+
+def test_full_queue_is_429_and_loading_is_503(folder):
+    with ScriptedServer(folder, max_batch=1, max_waiting=0) as server:
+        body = {"messages": [{"role": "user", "content": "Hold the slot"}], "max_tokens": 400, "stream": True}
+        with httpx.stream("POST", f"{server.base}/v1/chat/completions", json=body, timeout=30) as first:
+            lines = first.iter_lines()  # kept: dropping it would close the connection
+            next(lines)  # the first request holds the only slot
+            response = httpx.post(f"{server.base}/v1/chat/completions", json=body, timeout=30)
+            assert response.status_code == 429 and "busy" in response.json()["error"]["message"]
+            assert response.json()["error"]["type"] == "rate_limit_exceeded"
+    from fastapi.testclient import TestClient
+
+    from lfm2_onnx.server import ServerConfig, create_app
+
+    app = create_app(ServerConfig(folder=str(folder)))
+    app.state.lfm2.load = lambda: None  # still loading
+    with TestClient(app) as loading:
+        assert loading.get("/health").status_code == 503
+        response = loading.post("/v1/completions", json={"prompt": "hi"})
+        assert response.status_code == 503 and "loading" in response.json()["error"]["message"]
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    from lfm2_onnx.serve import main
+
+    assert main([str(tmp_path / "missing")]) == 2
+    assert main([str(tmp_path), "--max-batch", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
