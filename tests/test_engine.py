@@ -141,3 +141,36 @@ def test_batch_larger_than_max_batch_waits_for_slots(tiny_export, alone):
     model = Lfm2Model.load(tiny_export, max_length=128, max_batch=2)
     assert model.generate_ids(PROMPTS, 20) == [alone[(i, "greedy")] for i in range(len(PROMPTS))]
     assert model.engine.slots == 2
+
+
+cuda = pytest.mark.skipif(
+    "CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+    reason="needs onnxruntime-gpu and a CUDA device")
+
+
+def _schedule(engine: Engine) -> list[list[int]]:
+    """Requests joining and leaving over several slot buckets (1, 2, 4, 8), greedy and sampled."""
+    first = [engine.add(Request(PROMPTS[i % len(PROMPTS)], 24)) for i in range(2)]
+    for _ in range(4):
+        engine.step()
+    more = [engine.add(Request(PROMPTS[i % len(PROMPTS)], 24, SAMPLED if i == 4 else SamplingParams()))
+            for i in range(2, 7)]
+    for _ in range(3):
+        engine.step()
+    engine.cancel(more[0])
+    late = [engine.add(Request(PROMPTS[4], 24))]
+    drain(engine, first + more[1:] + late)
+    return [r.generated for r in first + more[1:] + late]
+
+
+@cuda
+@pytest.mark.cuda
+def test_cuda_graphs_per_bucket_equal_uncaptured_runs(factory, tiny_checkpoint):
+    """The same schedule with captured graphs (one per bucket and parity) and without: the same tokens."""
+    folder = factory.export(tiny_checkpoint, "fp16", "cuda")
+    layout = ModelLayout.from_folder(folder)
+    captured = Engine(layout, "cuda", capacity=128, max_slots=8)
+    plain = Engine(layout, "cuda", capacity=128, max_slots=8, cuda_graph=False)
+    expected = _schedule(plain)
+    assert _schedule(captured) == expected
+    assert _schedule(captured) == expected  # replayed

@@ -230,7 +230,8 @@ def _submit(state: _State, ids: list[int], max_tokens: int | None, body: Samplin
                           f"{model.capacity} tokens; shorten the messages or lower max_tokens", "max_tokens")
     if any(not 0 <= t < model.layout.vocab_size for t in ids):
         raise bad_request(f"token ids must be in [0, {model.layout.vocab_size})", "prompt")
-    job = Job(EngineRequest(ids, max_tokens, _sampling(model, body)), asyncio.get_running_loop(), endpoint=endpoint)
+    request = EngineRequest(ids, max_tokens, _sampling(model, body), frozenset() if body.ignore_eos else None)
+    job = Job(request, asyncio.get_running_loop(), endpoint=endpoint)
     job.request.tag = job
     try:
         state.worker.submit(job)
@@ -273,19 +274,20 @@ async def _text(state: _State, job: Job) -> AsyncIterator[str]:
                         metrics.itl.observe((now - last) / len(tokens))
                 last = now
                 metrics.generation_tokens.inc(len(tokens))
-            for token in tokens:
-                out = job.text.push(token)
+            # The tokens of one delivery (one or two steps) go out as one piece: fewer chunks to write.
+            out = "".join(job.text.push(token) for token in tokens)
+            if job.text.stopped:
                 if out:
                     yield out
-                if job.text.stopped:
-                    job.finish_reason = "stop"
-                    return
+                job.finish_reason = "stop"
+                return
             if finish is not None:
-                out = job.text.finish()
-                if out:
-                    yield out
+                out += job.text.finish()
                 job.finish_reason = _FINISH[finish]
                 job.eos = finish == "stop"
+            if out:
+                yield out
+            if finish is not None:
                 return
     finally:
         if not job.request.finished:  # a stop string, or the client went away

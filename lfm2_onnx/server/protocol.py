@@ -113,6 +113,7 @@ class SamplingFields(_Body):
     presence_penalty: float | None = None
     logprobs: bool | int | None = None
     user: str | None = None
+    ignore_eos: bool = False  # vLLM's extension: generate max_tokens whatever the model says (benchmarks)
 
     def unsupported(self) -> ApiError | None:
         if self.n != 1:
