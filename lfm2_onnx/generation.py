@@ -22,6 +22,7 @@ import numpy as np
 from .caches import DeviceCaches
 from .errors import UserError
 from .sampling import PRESETS, Sampler, SamplingParams, from_generation_config
+from .hub import resolve_export
 from .session import DecoderSessions, ModelLayout
 from .text import IncrementalDecoder, TextCodec
 
@@ -59,10 +60,14 @@ class Lfm2Model:
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str | Path, ep: str = "cpu", *, max_length: int | None = None,
-             cuda_graph: bool = True) -> Lfm2Model:
-        """Open an export. max_length: KV positions per row (prompt + new tokens), default 4096."""
-        layout = ModelLayout.from_folder(folder)
+    def load(cls, folder: str | Path, ep: str = "cpu", *, precision: str | None = None,
+             revision: str | None = None, max_length: int | None = None, cuda_graph: bool = True) -> Lfm2Model:
+        """Open an export: a folder or a published repo id (org/name, downloads only the variant run).
+
+        precision: which of its variants (default: the best one for `ep`, lfm2_onnx.variants);
+        revision: the Hub branch, tag or commit; max_length: KV positions per row, default 4096.
+        """
+        layout = resolve_export(folder, ep, precision, revision=revision)
         if max_length is not None:
             check_max_length(max_length, layout.context_length)
         capacity = min(max_length or DEFAULT_CAPACITY, layout.context_length)
