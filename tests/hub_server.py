@@ -150,9 +150,10 @@ def _handler(hub: FakeHub):
                 if not self.headers.get("Authorization"):
                     return self._error(401, "Unauthorized", "creating a repo needs a token")
                 repo_id = f"{body['organization']}/{body['name']}" if body.get("organization") else body["name"]
-                if repo_id in hub.repos:
-                    return self._error(409, "RepoExists", "You already created this model repo")
-                repo = hub.repos[repo_id] = Repo(private=bool(body.get("private")))
+                if repo_id in hub.repos:  # the Hub answers 409 with the url, which exist_ok=True returns
+                    return self._send(409, {"error": "You already created this model repo",
+                                            "url": f"{hub.url}/{repo_id}"})
+                repo = hub.repos[repo_id] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
                 repo.refs["main"] = hub.commit(repo, "main", {".gitattributes": b"*.onnx_data filter=lfs\n"}, [],
                                                "initial commit")
                 return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})
@@ -239,6 +240,13 @@ def _handler(hub: FakeHub):
                 repo = self._repo(f"{parts[2]}/{parts[3]}")
                 if repo is None:
                     return
+                if parts[4] == "discussions":  # create_pull_request reads the new PR back
+                    num = int(parts[5])
+                    return self._send(200, {
+                        "num": num, "title": repo.prs[num - 1].get("title", ""), "isPullRequest": True,
+                        "status": "draft", "createdAt": "2026-01-01T00:00:00.000Z", "author": {"name": "me"},
+                        "repo": {"name": f"{parts[2]}/{parts[3]}", "type": "model"}, "events": [],
+                        "changes": {"base": "refs/heads/main"}, "filesWithConflicts": [], "diff": ""})
                 sha = self._sha(repo, parts[5])
                 if sha is None:
                     return
