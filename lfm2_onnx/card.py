@@ -23,11 +23,10 @@ TEMPLATE = """\
 
 # {{ title }}
 
-ONNX exports of [{{ base_model or "an LFM2 checkpoint" }}]({{ base_model_url }}) for
-**onnxruntime-genai**, **transformers.js** and **onnxruntime**, one folder with {{ variants | length }}
-variant{{ "s" if variants | length != 1 else "" }}. Built with lfm2_onnx from the original
-weights: attention layers are com.microsoft GroupQueryAttention, conv layers carry their state as
-`past_conv.<i>` / `present_conv.<i>`.
+ONNX exports of [{{ base_model or "an LFM2 checkpoint" }}]({{ base_model_url }}) for **onnxruntime-genai**,
+**transformers.js** and **onnxruntime**: one folder, {{ variants | length }} variant{{ "s" if variants | length != 1 else "" }}, built with lfm2_onnx from the
+original weights. Attention layers are com.microsoft GroupQueryAttention; conv layers carry their
+state as `past_conv.<i>` / `present_conv.<i>`.
 
 ## Variants
 

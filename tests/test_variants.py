@@ -148,3 +148,33 @@ def test_onnxruntime_genai_runs_a_variant_by_overlaying_its_file(multi, tmp_path
             og.Model(str(sub))
     finally:
         shutil.rmtree(sub)
+
+
+def test_build_cli_several_precisions_then_add_then_verify_one(tmp_path, capsys):
+    from lfm2_onnx import build, verify
+
+    out = tmp_path / "out"
+    assert build.main(["-m", "lfm2-tiny-random", "-p", "fp32,int8", "-o", str(out), "-q"]) == 0
+    assert "onnx/model.onnx, onnx/model_quantized.onnx" in capsys.readouterr().out
+    assert build.main(["-m", "lfm2-tiny-random", "-p", "int4", "-o", str(out), "-q", "--add"]) == 0
+    manifest = read_manifest(out)
+    assert manifest.names == ["cpu-fp32", "cpu-int8", "cpu-int4"]
+    assert manifest.get("cpu-int4").built_with["command"].endswith("-p int4 -o " + str(out) + " -q --add")
+    assert all(v.verify is None for v in manifest.variants)
+
+    assert verify.main([str(out), "--reference", "lfm2-tiny-random", "--precision", "int4", "--steps", "2"]) == 0
+    stored = read_manifest(out)
+    assert stored.get("cpu-int4").verify["passed"] is True and stored.get("cpu-int4").verify["steps"] == 2
+    assert stored.get("cpu-fp32").verify is None
+
+    capsys.readouterr()
+    for argv, needle in [
+        (["-p", "int4", "--add", "--overwrite"], "choose one"),
+        (["-p", "int4", "--add"], "already holds cpu-int4"),
+        (["-p", "fp32,fp32", "--overwrite"], "each precision once"),
+        (["-p", "fp32,bf16", "--overwrite"], "-p bf16 -e cpu"),
+    ]:
+        assert build.main(["-m", "lfm2-tiny-random", "-o", str(out), "-q", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
+    assert read_manifest(out).names == ["cpu-fp32", "cpu-int8", "cpu-int4"]  # refusals left it as it was
