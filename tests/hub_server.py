@@ -169,10 +169,16 @@ def _handler(hub: FakeHub):
                         return self._error(409, "BranchExists", f"branch {rest} already exists")
                     repo.refs[rest] = repo.refs["main"]
                     return self._send(200, {})
-                if action == "preupload":
-                    files = [{"path": f["path"], "shouldIgnore": False, "oid": None,
-                              "uploadMode": "lfs" if f["size"] >= hub.lfs_threshold else "regular"}
-                             for f in body["files"]]
+                if action == "preupload":  # with the remote oid, so an unchanged file is not sent again
+                    tree = repo.commits[repo.refs.get(rest, repo.refs["main"])]
+                    files = []
+                    for f in body["files"]:
+                        lfs = f["size"] >= hub.lfs_threshold
+                        there = tree.get(f["path"])
+                        oid = None if there is None else (hashlib.sha256(there).hexdigest() if lfs
+                                                          else git_blob_sha(there))
+                        files.append({"path": f["path"], "shouldIgnore": False, "oid": oid,
+                                      "uploadMode": "lfs" if lfs else "regular"})
                     return self._send(200, {"files": files, "commitOid": repo.refs.get(rest, repo.refs["main"])})
                 if action == "commit":
                     return self._commit(repo_id, repo, rest, body, query)

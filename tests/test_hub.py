@@ -223,15 +223,24 @@ def test_publish_to_a_branch_and_as_a_pull_request(export_dir, tmp_path):
     with FakeHub() as hub:
         env = hub_env(tmp_path, hub)
         assert run("lfm2_onnx.publish", folder, "--repo", REPO, env=env, cwd=tmp_path).returncode == 0
+        # Again, unchanged: the client finds every file on the Hub already and sends none (how an
+        # interrupted upload resumes).
+        commits = len(hub.calls("POST", "/commit/"))
+        assert run("lfm2_onnx.publish", folder, "--repo", REPO, env=env, cwd=tmp_path).returncode == 0
+        assert len(hub.calls("POST", "/commit/")) == commits
+        with open(folder / "chat_template.jinja", "a") as f:
+            f.write("{# on the branch only #}")
         result = run("lfm2_onnx.publish", folder, "--repo", REPO, "--revision", "int4-only", env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
-        assert hub.calls("POST", "/branch/int4-only") and hub.calls("POST", "/commit/int4-only")
-        assert "variants.json" in hub.files(REPO, "int4-only")
-        (folder / "README.md").unlink()
+        assert hub.calls("POST", "/branch/int4-only")
+        (commit,) = hub.calls("POST", "/commit/int4-only")
+        assert [line["value"]["path"] for line in commit.body if line["key"] == "file"] == ["chat_template.jinja"]
+        assert hub.files(REPO, "int4-only")["chat_template.jinja"].endswith(b"{# on the branch only #}")
+        assert not hub.files(REPO)["chat_template.jinja"].endswith(b"{# on the branch only #}")
         result = run("lfm2_onnx.publish", folder, "--repo", REPO, "--create-pr", env=env, cwd=tmp_path)
         assert result.returncode == 0, result.stderr
         assert "pull request" in result.stdout
-        assert "README.md" in hub.files(REPO, "refs/pr/1")
+        assert hub.files(REPO, "refs/pr/1")["chat_template.jinja"].endswith(b"{# on the branch only #}")
         # The branch runs by id with --revision.
         ids = greedy_ids(REPO, env, tmp_path, extra=", revision='int4-only'")
     assert ids == greedy_ids(export_dir, env, tmp_path)
