@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from .errors import UserError
-from .variants import METADATA_PATTERNS, choose, read_manifest
+from .variants import METADATA_PATTERNS, choose, config_file, read_manifest
 
 # org/name, as the Hub spells ids (huggingface_hub.utils.validate_repo_id checks the details).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -128,7 +128,7 @@ def pull_export(repo_id: str, ep: str, precision: str | None = None, *, revision
                             "is not downloaded; run once online, or choose a variant you have")
         raise UserError(f"{repo_id}: {', '.join(missing)} listed in variants.json but not in the repository; "
                         "publish the export again")
-    return folder, folder / variant.genai_config
+    return folder, folder / config_file(manifest, variant)
 
 
 def resolve_export(source: str | Path, ep: str, precision: str | None = None, *, revision: str | None = None):

@@ -158,4 +158,10 @@ def variant_config_path(folder: Path, precision: str | None, ep: str, *, where: 
             raise UserError(f"{where or folder} holds a single export without {MANIFEST} (built by an older "
                             "lfm2_onnx); drop --precision or rebuild it")
         return folder / ROOT_GENAI_CONFIG
-    return folder / choose(manifest, ep, precision, where=where or str(folder)).genai_config
+    return folder / config_file(manifest, choose(manifest, ep, precision, where=where or str(folder)))
+
+
+def config_file(manifest: Manifest, variant: Variant) -> str:
+    """The genai config a variant runs from: the root one for the default variant (what
+    onnxruntime-genai reads, edits included), its own for the others."""
+    return ROOT_GENAI_CONFIG if variant.name == manifest.default else variant.genai_config
