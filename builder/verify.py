@@ -319,7 +319,8 @@ def run_verification(folder: Path, checkpoint: Path, *, ep: str = "cpu", texts=D
     entry = manifest.get(variant) if manifest is not None and variant is not None else None
     onnx_file = entry.onnx_file if entry is not None else None
     prompts = tokenize_prompts(folder, texts)
-    if _matmulnbits_levels(Path(folder) / (onnx_file or read_genai_config(folder)["model"]["decoder"]["filename"])) is None:
+    onnx_path = Path(folder) / (onnx_file or read_genai_config(folder)["model"]["decoder"]["filename"])
+    if _matmulnbits_levels(onnx_path) is None:
         report, unquantized = compare(folder, checkpoint, prompts, steps=steps, ep=ep, onnx_file=onnx_file), None
         print(report.table())
     else:

@@ -81,8 +81,9 @@ def main(argv: list[str] | None = None) -> int:
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
         files = ", ".join(v.onnx_file for v in result.variants)
         print(f"wrote {result.folder} ({files}, {result.bytes_written / 1e6:.1f} MB) in "
-              f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s, peak RSS {peak_gb:.2f} GB: {spec.num_layers} layers "
-              f"({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), {','.join(precisions)}, {args.ep}")
+              f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s, peak RSS {peak_gb:.2f} GB: "
+              f"{spec.num_layers} layers ({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), "
+              f"{','.join(precisions)}, {args.ep}")
         if args.verify:
             from .builder.verify import run_verification
 

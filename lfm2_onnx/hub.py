@@ -23,7 +23,7 @@ def looks_like_repo_id(source: str | Path) -> bool:
     return bool(_REPO_ID.match(text)) and not Path(text).expanduser().exists()
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     lines = str(e).strip().splitlines()
     return lines[0] if lines else type(e).__name__
 
@@ -52,7 +52,8 @@ def hub_errors(repo_id: str, revision: str | None, local_hint: str, local_flag: 
     except GatedRepoError:
         raise UserError(f"{repo_id} is gated: accept its license on the Hub and set HF_TOKEN") from None
     except RepositoryNotFoundError:
-        raise UserError(f"{repo_id}: no such model on the Hub (or it is private: set HF_TOKEN)") from None
+        local = "" if local_flag else f", and no local folder {repo_id} either"
+        raise UserError(f"{repo_id}: no such model on the Hub (or it is private: set HF_TOKEN){local}") from None
     except RevisionNotFoundError:
         raise UserError(f"{repo_id}: no revision {revision or 'main'!r}; pass an existing branch, tag or commit "
                         "with --revision") from None
@@ -71,13 +72,13 @@ def hub_errors(repo_id: str, revision: str | None, local_hint: str, local_flag: 
                         f"{local_hint.removeprefix('or ')}") from None
     except (OSError, ValueError) as e:
         # Network failures, a full disk: one line, the message of the library (no token in it).
-        raise UserError(f"cannot get {repo_id}: {_first_line(e)}; check the network and HF_HOME, "
+        raise UserError(f"cannot get {repo_id}: {first_line(e)}; check the network and HF_HOME, "
                         f"{local_hint}") from None
     except Exception as e:
         # The HTTP client's own errors (httpx: proxy, TLS, protocol) are not OSErrors.
         if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
             raise
-        raise UserError(f"cannot get {repo_id}: network error ({type(e).__name__}: {_first_line(e)}); check the "
+        raise UserError(f"cannot get {repo_id}: network error ({type(e).__name__}: {first_line(e)}); check the "
                         f"network and proxy settings, {local_hint}") from None
 
 

@@ -10,10 +10,12 @@ token comes from HF_TOKEN or `hf auth login` and is never printed.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .hub import first_line
 from .variants import MANIFEST, ROOT_GENAI_CONFIG, read_manifest
 
 CARD = "README.md"
@@ -87,36 +89,31 @@ def upload_list(folder: Path) -> list[tuple[str, int]]:
     return files
 
 
+@contextlib.contextmanager
 def _hub_call(repo_id: str, what: str):
-    """Map huggingface_hub's HTTP and network failures to one line."""
-    import contextlib
+    """huggingface_hub's HTTP and network failures as one line."""
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
-    @contextlib.contextmanager
-    def mapped():
-        from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
-
-        try:
-            yield
-        except RepositoryNotFoundError:
-            raise UserError(f"{repo_id}: no such repository, or the token can't write to it; check --repo and "
-                            "HF_TOKEN") from None
-        except HfHubHTTPError as e:
-            status = getattr(getattr(e, "response", None), "status_code", None)
-            if status in (401, 403):
-                raise UserError(f"{what} {repo_id}: the Hub refused the token (HTTP {status}); use a token with "
-                                "write access (HF_TOKEN or hf auth login)") from None
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{what} {repo_id}: {first}") from None
-        except (OSError, ValueError) as e:
-            raise UserError(f"{what} {repo_id}: {e}; check the network (HF_ENDPOINT) and try again: "
-                            "the upload resumes") from None
-        except Exception as e:
-            if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
-                raise
-            raise UserError(f"{what} {repo_id}: network error ({type(e).__name__}: {e}); check the network "
-                            "and try again: the upload resumes") from None
-
-    return mapped()
+    try:
+        yield
+    except RepositoryNotFoundError:
+        raise UserError(f"{repo_id}: no such repository, or the token can't write to it; check --repo and "
+                        "HF_TOKEN") from None
+    except HfHubHTTPError as e:
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        if status in (401, 403):
+            raise UserError(f"{what} {repo_id}: the Hub refused the token (HTTP {status}); use a token with "
+                            "write access (HF_TOKEN or hf auth login)") from None
+        raise UserError(f"{what} {repo_id}: {first_line(e)}") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{what} {repo_id}: {first_line(e)}; check the network (HF_ENDPOINT) and run the "
+                        "command again: the upload resumes") from None
+    except Exception as e:
+        # The HTTP client's own errors (httpx: proxy, TLS, protocol) are not OSErrors.
+        if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
+            raise
+        raise UserError(f"{what} {repo_id}: network error ({type(e).__name__}: {first_line(e)}); check the "
+                        "network and run the command again: the upload resumes") from None
 
 
 @cli_entry
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
 
     make_card(folder, args.repo, base_model=args.base_model).save(folder / CARD)
     files = upload_list(folder)
-    where = f"{args.repo}" + (f"@{args.revision}" if args.revision else "") + (" (pull request)" if args.create_pr else "")
+    where = args.repo + (f"@{args.revision}" if args.revision else "") + (" (pull request)" if args.create_pr else "")
     print(f"{'would upload' if args.dry_run else 'uploading'} {len(files)} files, "
           f"{sum(s for _, s in files) / 1e6:.1f} MB, to {where}:")
     for name, size in files:

@@ -104,7 +104,8 @@ def read_manifest(folder: str | Path) -> Manifest | None:
     try:
         return Manifest.from_json(json.loads(path.read_text()))
     except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{path} is not a variants list written by lfm2_onnx.build ({e!r}); rebuild the folder") from None
+        raise UserError(f"{path} is not a variants list written by lfm2_onnx.build ({e!r}); "
+                        "rebuild the folder") from None
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

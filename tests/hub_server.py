@@ -153,7 +153,8 @@ def _handler(hub: FakeHub):
                 if repo_id in hub.repos:  # the Hub answers 409 with the url, which exist_ok=True returns
                     return self._send(409, {"error": "You already created this model repo",
                                             "url": f"{hub.url}/{repo_id}"})
-                repo = hub.repos[repo_id] = Repo(private=body.get("visibility") == "private" or bool(body.get("private")))
+                private = body.get("visibility") == "private" or bool(body.get("private"))
+                repo = hub.repos[repo_id] = Repo(private=private)
                 repo.refs["main"] = hub.commit(repo, "main", {".gitattributes": b"*.onnx_data filter=lfs\n"}, [],
                                                "initial commit")
                 return self._send(200, {"url": f"{hub.url}/{repo_id}", "name": repo_id})

@@ -148,6 +148,10 @@ def test_refusals(export_dir, tmp_path):
     one_line_error(run("lfm2_onnx.publish", export_dir, "--repo", REPO, env=no_token, cwd=tmp_path),
                    "no Hugging Face token")
 
+    unreachable = run("lfm2_onnx.publish", shutil.copytree(export_dir, tmp_path / "net"), "--repo", REPO, env=env,
+                      cwd=tmp_path)
+    one_line_error(unreachable, f"cannot create {REPO}", "check the network")
+
     broken = shutil.copytree(export_dir, tmp_path / "broken")
     (broken / "onnx" / "model_q4.onnx_data").unlink()
     one_line_error(run("lfm2_onnx.publish", broken, "--repo", REPO, "--dry-run", env=env, cwd=tmp_path),
@@ -201,7 +205,7 @@ def test_publish_then_pull_by_id(export_dir, tmp_path, transfer):
 
         # Errors: a missing repo, a missing variant (listing those there), a missing revision.
         one_line_error(run("lfm2_onnx.generate", "my-org/nothing-here", "--prompt", "hi", env=env, cwd=tmp_path),
-                       "my-org/nothing-here: no such model on the Hub")
+                       "my-org/nothing-here: no such model on the Hub", "no local folder my-org/nothing-here")
         one_line_error(run("lfm2_onnx.generate", REPO, "--precision", "int8", "--prompt", "hi", env=env,
                            cwd=tmp_path), "no int8 variant", "it holds: cpu-fp32, cpu-int4")
         one_line_error(run("lfm2_onnx.generate", REPO, "--revision", "v9", "--prompt", "hi", env=env,

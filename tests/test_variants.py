@@ -178,3 +178,17 @@ def test_build_cli_several_precisions_then_add_then_verify_one(tmp_path, capsys)
         err = capsys.readouterr().err
         assert err.startswith("error: ") and needle in err and err.count("\n") == 1, err
     assert read_manifest(out).names == ["cpu-fp32", "cpu-int8", "cpu-int4"]  # refusals left it as it was
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("CUDAExecutionProvider" not in __import__("onnxruntime").get_available_providers(),
+                    reason="needs onnxruntime-gpu and a CUDA device")
+def test_cuda_variant_of_a_multi_variant_folder(multi, factory, tiny_checkpoint):
+    """ep='cuda' picks the CUDA fp16 variant, which runs as a single-variant CUDA export does."""
+    from lfm2_onnx import Lfm2Model
+
+    prompt = [1, 5, 6, 8, 9]
+    model = Lfm2Model.load(multi, "cuda", max_length=128)
+    assert model.layout.onnx_path == multi / "onnx" / "model_fp16.onnx"
+    alone = Lfm2Model.load(factory.export(tiny_checkpoint, "fp16", "cuda"), "cuda", max_length=128)
+    assert model.generate_ids([prompt], 16) == alone.generate_ids([prompt], 16)
