@@ -19,6 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfm2_onnx.errors import UserError
+from lfm2_onnx.variants import (
+    ROOT_GENAI_CONFIG,
+    Manifest,
+    Variant,
+    read_manifest,
+    variant_name,
+    write_json_atomic,
+    write_manifest,
+)
 
 from .architectures import ARCHITECTURES
 from .genai_config import make_genai_config
@@ -40,17 +49,32 @@ CHECKPOINT_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 class ExportResult:
     folder: Path
     spec: Lfm2Spec
-    options: BuildOptions
+    options: BuildOptions  # the first variant's
     seconds: float
-    bytes_written: int
+    bytes_written: int  # the new variants' files and the folder's metadata
+    variants: list[Variant]  # the ones this build wrote
 
 
-def export(checkpoint: Path, out: Path, opts: BuildOptions, *, overwrite: bool = False,
-           progress: bool = True) -> ExportResult:
+def export(checkpoint: Path, out: Path, opts: BuildOptions | list[BuildOptions], *, overwrite: bool = False,
+           add: bool = False, progress: bool = True, source: dict | None = None,
+           command: str | None = None) -> ExportResult:
+    """Build one variant per BuildOptions into `out`; with add=True, beside those already there.
+
+    source: where the checkpoint came from ({"model": hub id, "revision": ...}), kept in variants.json;
+    command: the command line that built it, kept per variant with the tool versions (for the card).
+    """
     start = time.perf_counter()
+    options = [opts] if isinstance(opts, BuildOptions) else list(opts)
+    names = [variant_name(o.ep, o.precision) for o in options]
+    if len(set(names)) != len(names) or not options:
+        raise UserError(f"each precision once per build: got {', '.join(names) or 'none'}")
     spec, config, generation = load_spec(checkpoint)
     ckpt = Checkpoint(checkpoint)
     ckpt.validate(spec)
+    source = {**(source or {}), "card": _source_card(checkpoint)}
+    built_with = {"command": command, "versions": _versions(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+    if add:
+        return _add(checkpoint, Path(out), spec, config, generation, ckpt, options, progress, start, built_with)
     out = check_output(out, overwrite, checkpoint)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -60,15 +84,20 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions, *, overwrite: bool =
     except OSError as e:
         raise UserError(f"cannot create {out.name} in {out.parent} ({e.strerror}); choose a writable -o") from None
     try:
-        _write_folder(staging, checkpoint, spec, config, generation, ckpt, opts, progress)
+        variants = _write_folder(staging, checkpoint, spec, config, generation, ckpt, options, progress, source,
+                                 built_with)
         _replace(staging, out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
-            raise UserError(f"cannot write {out} ({e.strerror}); free some space or choose another -o") from None
+        _disk_error(e, out)
         raise
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    return ExportResult(out, spec, opts, time.perf_counter() - start, size)
+    return ExportResult(out, spec, options[0], time.perf_counter() - start, size, variants)
+
+
+def _disk_error(e: BaseException, out: Path) -> None:
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        raise UserError(f"cannot write {out} ({e.strerror}); free some space or choose another -o") from None
 
 
 # A build writes into .NAME.partial-HOST-PID-XXXX beside OUT. A build killed outright (SIGKILL, power
@@ -136,29 +165,121 @@ def check_output(out: Path, overwrite: bool, checkpoint: Path | None = None) -> 
 
 
 def _write_folder(folder: Path, checkpoint: Path, spec: Lfm2Spec, config: dict, generation: dict,
-                  ckpt: Checkpoint, opts: BuildOptions, progress: bool) -> None:
+                  ckpt: Checkpoint, options: list[BuildOptions], progress: bool, source: dict,
+                  built_with: dict) -> list[Variant]:
     (folder / "onnx").mkdir()
-    model = build_model(spec, ckpt, opts)
-    chunks = save_with_external_data(model, folder / opts.onnx_file, progress=progress)
-    del model
-
+    variants = _write_variants(folder, spec, generation, ckpt, options, set(), progress, built_with)
     for name in CHECKPOINT_FILES:
         if (checkpoint / name).exists():
             shutil.copyfile(checkpoint / name, folder / name)
-    _write_json(folder / "genai_config.json", make_genai_config(spec, opts, generation))
-    _write_json(folder / "config.json", _client_config(config, spec, opts, chunks))
+    default = variants[0]  # the root genai_config.json and transformers.js's default dtype: the first -p
+    shutil.copyfile(folder / default.genai_config, folder / ROOT_GENAI_CONFIG)
+    _write_json(folder / "config.json", _client_config(config, spec, variants, default))
+    write_manifest(folder, Manifest(variants, source, default.name))
+    return variants
 
 
-def _client_config(config: dict, spec: Lfm2Spec, opts: BuildOptions, chunks: int) -> dict:
-    """The checkpoint's config.json, plus what transformers.js needs to load the ONNX files."""
+def _write_variants(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Checkpoint, options: list[BuildOptions],
+                    taken: set[str], progress: bool, built_with: dict) -> list[Variant]:
+    """Each variant's graph, external data and genai config; `taken`: files other variants hold."""
+    variants = []
+    for opts in options:
+        onnx_file = opts.onnx_file_beside(taken)
+        taken.add(onnx_file)
+        model = build_model(spec, ckpt, opts)
+        chunks = save_with_external_data(model, folder / onnx_file, progress=progress)
+        del model
+        data = [f"{onnx_file}_data" + (f"_{i}" if i else "") for i in range(chunks)]
+        files = [onnx_file, *data]
+        variant = Variant(opts.precision, opts.ep, onnx_file, files, sum((folder / f).stat().st_size for f in files),
+                          options={**opts.summary(), "external_data_chunks": chunks}, built_with=built_with)
+        if onnx_file != opts.onnx_file:  # not at transformers.js's name: no dtype loads it
+            variant.options["js_dtype"] = None
+        _write_json(folder / variant.genai_config, make_genai_config(spec, opts, generation, onnx_file=onnx_file))
+        variants.append(variant)
+    return variants
+
+
+def _add(checkpoint: Path, out: Path, spec: Lfm2Spec, config: dict, generation: dict, ckpt: Checkpoint,
+         options: list[BuildOptions], progress: bool, start: float, built_with: dict) -> ExportResult:
+    """New variants beside an export's others, which stay as they are; variants.json is written last."""
+    out = out.expanduser().absolute()
+    manifest = read_manifest(out) if out.is_dir() else None
+    if manifest is None:
+        raise UserError(f"{out} is not an export with variants.json, so --add has nothing to add to; "
+                        "build it without --add (or rebuild an older export with --overwrite)")
+    there = [o for o in options if manifest.get(variant_name(o.ep, o.precision))]
+    if there:
+        names = ", ".join(variant_name(o.ep, o.precision) for o in there)
+        raise UserError(f"{out} already holds {names}; drop it from -p, or rebuild the folder with --overwrite")
+    root = json.loads((out / ROOT_GENAI_CONFIG).read_text())
+    if _model_signature(root) != _model_signature(make_genai_config(spec, options[0], generation)):
+        raise UserError(f"{out} holds an export of another model (its genai_config.json differs in shapes or "
+                        "tokens); --add takes the checkpoint the folder was built from")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.add-", dir=out))
+    try:
+        (staging / "onnx").mkdir()
+        taken = {f for v in manifest.variants for f in v.files}
+        variants = _write_variants(staging, spec, generation, ckpt, options, taken, progress, built_with)
+        for variant in variants:
+            for name in (*variant.files, variant.genai_config):
+                (staging / name).chmod(0o666 & ~_umask())
+                os.replace(staging / name, out / name)
+        client = json.loads((out / "config.json").read_text())
+        write_json_atomic(out / "config.json", _client_config(client, spec, variants, None))
+        manifest.variants.extend(variants)
+        write_manifest(out, manifest)
+    except BaseException as e:
+        _disk_error(e, out)
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum((out / f).stat().st_size for v in variants for f in v.files)
+    return ExportResult(out, spec, options[0], time.perf_counter() - start, size, variants)
+
+
+def _model_signature(genai: dict) -> dict:
+    """What two variants of one model share: everything in genai_config.json but the file and EP."""
+    model = json.loads(json.dumps(genai["model"]))
+    model["decoder"].pop("filename", None)
+    model["decoder"].pop("session_options", None)
+    return model
+
+
+def _versions() -> dict:
+    from importlib import metadata
+
+    versions = {}
+    for package in ("lfm2-onnx", "torch", "transformers", "onnx-ir", "onnxruntime", "onnxruntime-gpu"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def _source_card(checkpoint: Path) -> dict:
+    """The source model card's license and tags, for the export's card (lfm2_onnx.card)."""
+    from lfm2_onnx.card import source_card_metadata
+
+    return source_card_metadata(checkpoint)
+
+
+def _client_config(config: dict, spec: Lfm2Spec, variants: list[Variant], default: Variant | None) -> dict:
+    """The checkpoint's config.json, plus what transformers.js needs to load the ONNX files.
+
+    default: the variant whose dtype transformers.js loads when not told (None: keep the one there).
+    """
     config = dict(config)
     config["layer_types"] = list(spec.layer_types)  # transformers.js sizes caches from layer_types
     config.setdefault("model_type", ARCHITECTURES[spec.architecture].model_type)
     js = dict(config.get("transformers.js_config") or {})
-    js["dtype"] = opts.js_dtype  # q4, q8, q4f16: the file transformers.js loads
+    if default is not None:
+        js["dtype"] = default.options["js_dtype"]  # q4, q8, q4f16: the file transformers.js loads
     data = dict(js.get("use_external_data_format") or {})
-    if chunks:
-        data[Path(opts.onnx_file).name] = chunks
+    for variant in variants:
+        if variant.options["external_data_chunks"]:
+            data[Path(variant.onnx_file).name] = variant.options["external_data_chunks"]
     js["use_external_data_format"] = data
     config["transformers.js_config"] = js
     return config

@@ -23,7 +23,9 @@ _SEARCH_DEFAULTS = {
 }
 
 
-def make_genai_config(spec: Lfm2Spec, opts: BuildOptions, generation: dict | None = None) -> dict:
+def make_genai_config(spec: Lfm2Spec, opts: BuildOptions, generation: dict | None = None, *,
+                      onnx_file: str | None = None) -> dict:
+    """onnx_file: where the graph is when not at its usual name (BuildOptions.onnx_file_beside)."""
     generation = generation or {}
     provider_options = [] if opts.ep == "cpu" else [{"cuda": {"enable_cuda_graph": "0"}}]
     search = {
@@ -47,7 +49,7 @@ def make_genai_config(spec: Lfm2Spec, opts: BuildOptions, generation: dict | Non
             "context_length": spec.max_position_embeddings,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": provider_options},
-                "filename": opts.onnx_file,
+                "filename": onnx_file or opts.onnx_file,
                 "head_size": spec.head_dim,
                 "hidden_size": spec.hidden_size,
                 "inputs": {

@@ -161,3 +161,13 @@ class BuildOptions:
     @property
     def onnx_file(self) -> str:
         return f"onnx/{self.file_stem}.onnx"
+
+    def onnx_file_beside(self, taken) -> str:
+        """The file in a folder whose other variants hold the files `taken`: transformers.js's name,
+        or, when another EP's variant holds it (fp16 is model_fp16 on cpu and cuda), the EP appended."""
+        return self.onnx_file if self.onnx_file not in taken else f"onnx/{self.file_stem}_{self.ep}.onnx"
+
+    def summary(self) -> dict:
+        """The choices made, for the folder's variants.json (and the model card)."""
+        keys = ("block_size", "symmetric", "lm_head", "accuracy_level") if self.quantized else ()
+        return {"js_dtype": self.js_dtype, **{k: getattr(self, k) for k in keys}}

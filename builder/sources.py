@@ -6,62 +6,17 @@ import tempfile
 from pathlib import Path
 
 from lfm2_onnx.errors import UserError
+from lfm2_onnx.hub import download
 
-# What an export needs from a repository; everything else (original .bin/.pt, GGUF, ONNX) is skipped.
-HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model"]
+# What an export needs from a repository (README.md: the card, for the license); everything else
+# (original .bin/.pt, GGUF, ONNX) is skipped.
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer*", "*.txt", "*.model", "README.md"]
 
 
 def from_hub(repo_id: str, revision: str | None = None, cache_dir: str | None = None) -> Path:
     """Download (or reuse from the cache) a checkpoint. HF_TOKEN, HF_HOME and HF_HUB_OFFLINE apply."""
-    from huggingface_hub import constants, snapshot_download
-    from huggingface_hub import errors as hub_errors
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HFValidationError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    # Newer huggingface_hub only: a cached snapshot that an interrupted download left incomplete.
-    incomplete = getattr(hub_errors, "IncompleteSnapshotError", None) or ()
-    try:
-        path = snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, allow_patterns=HUB_PATTERNS)
-    except GatedRepoError:
-        raise UserError(f"{repo_id} is gated: accept its license on the Hub and set HF_TOKEN") from None
-    except RepositoryNotFoundError:
-        raise UserError(f"{repo_id}: no such model on the Hub (or it is private: set HF_TOKEN)") from None
-    except RevisionNotFoundError:
-        raise UserError(f"{repo_id}: no revision {revision or 'main'!r}; pass an existing branch, tag or commit "
-                        "with --revision") from None
-    except incomplete:
-        raise UserError(f"cannot get {repo_id}: its cached copy is incomplete and the Hub cannot be reached; "
-                        "download it again with network access or pass a local folder with -i") from None
-    except LocalEntryNotFoundError:
-        offline = bool(getattr(constants, "HF_HUB_OFFLINE", False))
-        why = "HF_HUB_OFFLINE is set and it is not in the cache" if offline else "the Hub is unreachable and it is not cached"
-        raise UserError(f"cannot get {repo_id}: {why}; download it first or pass a local folder with -i") from None
-    except HFValidationError:
-        if Path(repo_id).expanduser().is_dir():
-            raise UserError(f"{repo_id} is a local folder, not a Hub id; pass it with -i {repo_id}") from None
-        raise UserError(f"{repo_id!r} is not a Hub id (expected org/name, e.g. LiquidAI/LFM2-350M); "
-                        "for a local checkpoint folder use -i") from None
-    except (OSError, ValueError) as e:
-        # Network failures, a full disk: one line, the message of the library (no token in it).
-        raise UserError(f"cannot get {repo_id}: {_first_line(e)}; check the network and HF_HOME, "
-                        "or pass a local folder with -i") from None
-    except Exception as e:
-        # The HTTP client's own errors (httpx: proxy, TLS, protocol) are not OSErrors.
-        if type(e).__module__.split(".")[0] not in ("httpx", "httpx2", "httpcore", "requests", "urllib3"):
-            raise
-        raise UserError(f"cannot get {repo_id}: network error ({type(e).__name__}: {_first_line(e)}); check the "
-                        "network and proxy settings, or pass a local folder with -i") from None
-    return Path(path)
-
-
-def _first_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return download(repo_id, HUB_PATTERNS, revision=revision, cache_dir=cache_dir,
+                    local_hint="or pass a local folder with -i", local_flag="-i")
 
 
 def from_folder(path: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 
 from lfm2_onnx.errors import UserError
 from lfm2_onnx.stepper import Stepper, read_genai_config
+from lfm2_onnx.variants import write_manifest
 
 from .architectures import hf_classes
 from .blocks import FUSED_LINEARS
@@ -52,7 +52,6 @@ THRESHOLDS = {
 # -> its compute type; fp16 activations (q4f16, q8f16) take fp16's thresholds whatever the level.
 _ACCURACY_LEVEL_KEYS = {0: "fp32", 1: "fp32", 2: "fp16", 3: "bf16", 4: "int8_act"}
 _RULE_NAMES = {"int8_act": "int8 activations (MatMulNBits accuracy level 4)"}
-_FP16_ACTIVATION_DTYPES = ("q4f16", "q8f16")
 
 
 @dataclass
@@ -104,6 +103,13 @@ class Report:
             if phase.mean_kl > t["mean_kl"] or phase.decisive_top1(_margin(t, phase)) < t["top1"]:
                 return False
         return self.precision != "fp32" or all(self.greedy_match)
+
+    def summary(self) -> dict:
+        """The numbers of table(), machine-readable (variants.json, the model card)."""
+        phases = {p.label.split(" ")[0]: {"max_abs_logit_diff": p.max_abs, "logit_std": p.scale, "mean_kl": p.mean_kl,
+                                          "top1": p.top1} for p in self.phases}
+        return {"passed": self.passed, "thresholds": self.precision, **phases,
+                "greedy_match": [sum(self.greedy_match), len(self.greedy_match)], "steps": self.steps}
 
     def table(self, verdict: bool = True) -> str:
         t = THRESHOLDS[self.precision]
@@ -182,30 +188,26 @@ def reference_run(model, prompt: list[int], steps: int) -> tuple[np.ndarray, lis
     return prefill, step_logits, tokens
 
 
-def quantized_dtype(folder: Path) -> str | None:
-    """q4, q8, q4f16 or q8f16 for a quantized export (config.json's transformers.js dtype), else None."""
-    config = Path(folder) / "config.json"
-    if not config.exists():
-        return None
-    dtype = (json.loads(config.read_text()).get("transformers.js_config") or {}).get("dtype")
-    return dtype if dtype in ("q4", "q8", *_FP16_ACTIVATION_DTYPES) else None
-
-
-def _thresholds_key(folder: Path, stepper: Stepper) -> str:
-    """Float exports: their activation precision. Quantized ones: MatMulNBits' compute type."""
-    dtype = quantized_dtype(folder)
-    if dtype is None:
-        return stepper.precision
-    if dtype in _FP16_ACTIVATION_DTYPES:
-        return "fp16"
+def _matmulnbits_levels(onnx_path: Path) -> list[int] | None:
+    """accuracy_level of every MatMulNBits (None: not a quantized graph)."""
     import onnx
 
-    graph = onnx.load(str(stepper.path), load_external_data=False).graph
-    levels = [a.i for n in graph.node if n.op_type == "MatMulNBits" for a in n.attribute if a.name == "accuracy_level"]
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    nodes = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    if not nodes:
+        return None
+    return [a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"]
+
+
+def _thresholds_key(stepper: Stepper) -> str:
+    """Float exports: their activation precision. Quantized ones: MatMulNBits' compute type."""
+    levels = _matmulnbits_levels(stepper.path)
+    if levels is None or stepper.precision == "fp16":  # q4f16, q8f16: fp16 activations, fp16's limits
+        return stepper.precision
     return _ACCURACY_LEVEL_KEYS[max(levels, default=0)]
 
 
-def dequantized_reference(folder: Path, checkpoint: Path):
+def dequantized_reference(folder: Path, checkpoint: Path, onnx_file: str | None = None):
     """transformers' model with each quantized weight replaced by the export's dequantized value.
 
     The export computes with exactly these weights, so at MatMulNBits accuracy_level 1 (fp32
@@ -214,7 +216,7 @@ def dequantized_reference(folder: Path, checkpoint: Path):
     """
     model = load_reference(checkpoint)
     state = model.state_dict()  # shares storage with the parameters (and ties embed/lm_head)
-    onnx_path = Path(folder) / read_genai_config(folder)["model"]["decoder"]["filename"]
+    onnx_path = Path(folder) / (onnx_file or read_genai_config(folder)["model"]["decoder"]["filename"])
     weights = _split_fused(read_quantized_weights(onnx_path), {k: tuple(v.shape) for k, v in state.items()})
     with torch.no_grad():
         for name, weight in weights.items():
@@ -252,9 +254,9 @@ def _split_fused(weights: dict[str, np.ndarray], shapes: dict[str, tuple]) -> di
 
 
 def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: int = 32, ep: str = "cpu",
-            reference=None) -> Report:
-    stepper = Stepper(folder, ep=ep)
-    precision = _thresholds_key(folder, stepper)
+            reference=None, onnx_file: str | None = None) -> Report:
+    stepper = Stepper(folder, ep=ep, model_file=onnx_file)
+    precision = _thresholds_key(stepper)
     model = reference if reference is not None else load_reference(checkpoint)
     refs = [reference_run(model, p, steps) for p in prompts]
 
@@ -306,31 +308,51 @@ def check_same_model(folder: Path, checkpoint: Path) -> None:
 
 
 def run_verification(folder: Path, checkpoint: Path, *, ep: str = "cpu", texts=DEFAULT_PROMPTS,
-                     steps: int = 32) -> int:
+                     steps: int = 32, variant: str | None = None) -> int:
+    """Print the comparison; exit code 0 on pass. variant: which of the folder's variants (its name in
+    variants.json, where its result is recorded); None: the folder's default genai_config.json."""
     check_same_model(folder, checkpoint)  # before loading anything
+    from lfm2_onnx.variants import read_manifest
+
+    manifest = read_manifest(folder)
+    entry = manifest.get(variant) if manifest is not None and variant is not None else None
+    onnx_file = entry.onnx_file if entry is not None else None
     prompts = tokenize_prompts(folder, texts)
-    if quantized_dtype(folder) is None:
-        report = compare(folder, checkpoint, prompts, steps=steps, ep=ep)
+    onnx_path = Path(folder) / (onnx_file or read_genai_config(folder)["model"]["decoder"]["filename"])
+    if _matmulnbits_levels(onnx_path) is None:
+        report, unquantized = compare(folder, checkpoint, prompts, steps=steps, ep=ep, onnx_file=onnx_file), None
         print(report.table())
-        sys.stdout.flush()
-        return 0 if report.passed else 1
-    return _verify_quantized(folder, checkpoint, prompts, ep=ep, steps=steps)
+    else:
+        report, unquantized = _verify_quantized(folder, checkpoint, prompts, ep=ep, steps=steps, onnx_file=onnx_file)
+    sys.stdout.flush()
+    if entry is not None:
+        entry.verify = {**report.summary(), "ep": ep, "prompts": len(prompts),
+                        "judged_against": "checkpoint" if unquantized is None else "dequantized weights",
+                        **({"unquantized": _unjudged(unquantized.summary())} if unquantized is not None else {})}
+        write_manifest(folder, manifest)
+    return 0 if report.passed else 1
 
 
-def _verify_quantized(folder: Path, checkpoint: Path, prompts: list[list[int]], *, ep: str, steps: int) -> int:
+def _unjudged(summary: dict) -> dict:
+    """The quantization's own error is information, not a verdict."""
+    return {k: v for k, v in summary.items() if k not in ("passed", "thresholds")}
+
+
+def _verify_quantized(folder: Path, checkpoint: Path, prompts: list[list[int]], *, ep: str, steps: int,
+                      onnx_file: str | None) -> tuple[Report, Report]:
     """Judge the export against its own dequantized weights; report the quantization error beside it.
 
     How far int4 weights move the logits depends on the weights (random ones, with no margin in
     their logits, lose almost every argmax at LFM2-350M's depth), so only the export's arithmetic
     is judged; the distance from the unquantized model is printed for information.
     """
-    model, _ = dequantized_reference(folder, checkpoint)
-    report = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=model)
+    model, _ = dequantized_reference(folder, checkpoint, onnx_file)
+    report = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=model, onnx_file=onnx_file)
     del model
     print("against transformers running the export's dequantized weights (judged):")
     print(report.table())
-    unquantized = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=load_reference(checkpoint))
+    unquantized = compare(folder, checkpoint, prompts, steps=steps, ep=ep, reference=load_reference(checkpoint),
+                          onnx_file=onnx_file)
     print("\nagainst the unquantized checkpoint (the quantization's own error; not judged):")
     print(unquantized.table(verdict=False))
-    sys.stdout.flush()
-    return 0 if report.passed else 1
+    return report, unquantized

@@ -3,12 +3,15 @@
     python -m lfm2_onnx.build -m LiquidAI/LFM2-350M -p fp16 -e cuda -o lfm2-350m-onnx
     python -m lfm2_onnx.build -i ./my-finetune -p fp32 -e cpu -o out
     python -m lfm2_onnx.build -m lfm2-tiny-random -o demo        # offline, seconds
+    python -m lfm2_onnx.build -m LiquidAI/LFM2-350M -p fp32,int8,int4 -o out --verify   # several variants
+    python -m lfm2_onnx.build -m LiquidAI/LFM2-350M -p fp16,int4 -e cuda -o out --add   # more, beside them
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +30,8 @@ def parser() -> ArgumentParser:
     src.add_argument("-m", "--model", help="Hugging Face Hub id (e.g. LiquidAI/LFM2-350M) or lfm2-tiny-random")
     src.add_argument("-i", "--input", help="local checkpoint folder (config.json + *.safetensors)")
     p.add_argument("-o", "--output", required=True, help="export folder to create")
-    p.add_argument("-p", "--precision", help=f"one of {', '.join(PRECISIONS)} (default: fp32 for cpu, fp16 for cuda)")
+    p.add_argument("-p", "--precision", help=f"one of {', '.join(PRECISIONS)}, or several separated by commas, one "
+                                             "variant each (default: fp32 for cpu, fp16 for cuda)")
     p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EPS)} (default: cpu)")
     q = p.add_argument_group("quantization (-p int8, -p int4: weight-only, MatMulNBits)")
     q.add_argument("--block-size", type=int, help="weights per scale along the input dim: 16, 32, 64, 128, 256 "
@@ -41,6 +45,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--revision", help="Hub revision (branch, tag or commit)")
     p.add_argument("--cache-dir", help="Hub cache folder (default: HF_HOME)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--add", action="store_true",
+                   help="add these variants to the existing export -o, leaving its other variants as they are")
     p.add_argument("--verify", action="store_true",
                    help="after building, compare the export with transformers (python -m lfm2_onnx.verify)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -55,25 +61,38 @@ def main(argv: list[str] | None = None) -> int:
     from .builder.options import BuildOptions
     from .builder.sources import resolve
 
-    precision = args.precision or ("fp16" if args.ep == "cuda" else "fp32")
+    precisions = [p.strip() for p in (args.precision or ("fp16" if args.ep == "cuda" else "fp32")).split(",")]
     # Refuses unknown or unsupported combinations, quantization options included.
-    opts = BuildOptions(precision, args.ep, block_size=args.block_size, symmetric=args.symmetric,
-                        lm_head=args.lm_head, accuracy_level=args.accuracy_level)
+    options = [BuildOptions(precision, args.ep, block_size=args.block_size, symmetric=args.symmetric,
+                            lm_head=args.lm_head, accuracy_level=args.accuracy_level) for precision in precisions]
     if args.input and not args.model and (args.revision or args.cache_dir):
         raise UserError("--revision and --cache-dir apply to -m HUB_ID only; drop them when building from -i")
-    check_output(Path(args.output), args.overwrite)  # before any download: fail fast on a bad -o
+    if args.add and args.overwrite:
+        raise UserError("--add keeps the export's other variants and --overwrite replaces the folder; choose one")
+    if not args.add:
+        check_output(Path(args.output), args.overwrite)  # before any download: fail fast on a bad -o
     checkpoint, tmp = resolve(args.model, args.input, args.revision, args.cache_dir)
+    source = {"model": args.model, "revision": args.revision} if args.model else {"folder": Path(args.input).name}
+    command = shlex.join(["python", "-m", "lfm2_onnx.build", *(sys.argv[1:] if argv is None else map(str, argv))])
     try:
-        result = export(checkpoint, Path(args.output), opts, overwrite=args.overwrite, progress=not args.quiet)
+        result = export(checkpoint, Path(args.output), options, overwrite=args.overwrite, add=args.add,
+                        progress=not args.quiet, source=source, command=command)
         spec = result.spec
         peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
-        print(f"wrote {result.folder} ({opts.onnx_file}, {result.bytes_written / 1e6:.1f} MB) in "
-              f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s, peak RSS {peak_gb:.2f} GB: {spec.num_layers} layers "
-              f"({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), {precision}, {args.ep}")
+        files = ", ".join(v.onnx_file for v in result.variants)
+        print(f"wrote {result.folder} ({files}, {result.bytes_written / 1e6:.1f} MB) in "
+              f"{result.seconds:.{1 if result.seconds >= 1 else 2}f} s, peak RSS {peak_gb:.2f} GB: "
+              f"{spec.num_layers} layers ({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), "
+              f"{','.join(precisions)}, {args.ep}")
         if args.verify:
             from .builder.verify import run_verification
 
-            return run_verification(result.folder, checkpoint, ep=args.ep)
+            codes = []
+            for variant in result.variants:
+                if len(result.variants) > 1:
+                    print(f"\n{variant.name} ({variant.onnx_file}):")
+                codes.append(run_verification(result.folder, checkpoint, ep=args.ep, variant=variant.name))
+            return max(codes)
         return 0
     finally:
         if tmp is not None:

@@ -1,4 +1,4 @@
-"""python -m lfm2_onnx.generate FOLDER: generate text from an export.
+"""python -m lfm2_onnx.generate FOLDER|ORG/NAME: generate text from an export or a published one.
 
     python -m lfm2_onnx.generate lfm2-350m-onnx --prompt "Tell me a story" --stream
     python -m lfm2_onnx.generate lfm2-350m-onnx --chat            # interactive, keeps the history
@@ -44,7 +44,11 @@ def _sampling_flag(field: str, kind: type):
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
+    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
+                                  "published by python -m lfm2_onnx.publish (downloads only the variant run)")
+    p.add_argument("--precision", help="which variant of the export: fp32, fp16, bf16, int8, int4 "
+                                       "(default: the best one for --ep)")
+    p.add_argument("--revision", help="Hub branch, tag or commit (with a repo id)")
     p.add_argument("--prompt", help="the prompt (with --chat: the first user message)")
     p.add_argument("--chat", action="store_true", help="use the chat template; interactive unless --prompt is given")
     p.add_argument("--system", help="system prompt for --chat")
@@ -163,14 +167,15 @@ def main(argv=None) -> int:
         raise UserError("--tools needs --chat")
     tools = _read_tools(args.tools)
     from .generation import Lfm2Model, check_max_length
-    from .session import ModelLayout, check_ep_flag
+    from .hub import resolve_export
+    from .session import check_ep_flag
 
     # The flags are checked here, so that errors name them (the API's name its arguments).
-    layout = ModelLayout.from_folder(args.folder)
+    layout = resolve_export(args.folder, args.ep, args.precision, revision=args.revision)  # a repo id: pulled once
     if args.max_length is not None:
         check_max_length(args.max_length, layout.context_length, shown="--max-length")
     check_ep_flag(args.ep)
-    model = Lfm2Model.load(args.folder, ep=args.ep, max_length=args.max_length)
+    model = Lfm2Model.load(layout.folder, ep=args.ep, precision=args.precision, max_length=args.max_length)
     if not args.chat:
         _check_room(model, model.encode(args.prompt), args)
         _say(model, args.prompt, args)

@@ -20,6 +20,7 @@ import numpy as np
 
 from .engine import Engine, Request
 from .errors import UserError
+from .hub import resolve_export
 from .sampling import PRESETS, SamplingParams, from_generation_config
 from .session import ModelLayout
 from .text import TextCodec, TextStream
@@ -45,11 +46,16 @@ class Lfm2Model:
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
-    def load(cls, folder: str | Path, ep: str = "cpu", *, max_length: int | None = None,
-             cuda_graph: bool = True, max_batch: int | None = None) -> Lfm2Model:
-        """Open an export. max_length: KV positions per row (prompt + new tokens), default 4096.
-        max_batch: requests decoded together at most (slots allocated now); None grows to each batch."""
-        layout = ModelLayout.from_folder(folder)
+    def load(cls, folder: str | Path, ep: str = "cpu", *, precision: str | None = None,
+             revision: str | None = None, max_length: int | None = None, cuda_graph: bool = True,
+             max_batch: int | None = None) -> Lfm2Model:
+        """Open an export: a folder or a published repo id (org/name, downloads only the variant run).
+
+        precision: which of its variants (default: the best one for `ep`, lfm2_onnx.variants);
+        revision: the Hub branch, tag or commit; max_length: KV positions per row, default 4096;
+        max_batch: requests decoded together at most (slots allocated now); None grows to each batch.
+        """
+        layout = resolve_export(folder, ep, precision, revision=revision)
         if max_length is not None:
             check_max_length(max_length, layout.context_length)
         capacity = min(max_length or DEFAULT_CAPACITY, layout.context_length)

@@ -35,15 +35,19 @@ class ModelLayout:
     provider_options: dict
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> ModelLayout:
+    def from_folder(cls, folder: str | Path, genai_config: str | Path | None = None) -> ModelLayout:
+        """The folder's default variant, or the one whose genai config is given (lfm2_onnx.variants)."""
         folder = Path(folder)
+        config_path = Path(genai_config) if genai_config is not None else folder / "genai_config.json"
         if not folder.is_dir():
             raise UserError(f"{folder}: no such model folder; build one with python -m lfm2_onnx.build")
         missing = [f for f in REQUIRED_FILES if not (folder / f).is_file()]
         if missing:
             raise UserError(f"{folder}: missing {', '.join(missing)}; is this a folder written by lfm2_onnx.build?")
+        if not config_path.is_file():
+            raise UserError(f"{folder}: {config_path.name} is missing; the export is incomplete, build it again")
         try:
-            config = json.loads((folder / "genai_config.json").read_text())
+            config = json.loads(config_path.read_text())
             model, decoder = config["model"], config["model"]["decoder"]
             inputs, outputs = decoder["inputs"], decoder["outputs"]
             onnx_path = folder / decoder["filename"]
@@ -63,7 +67,7 @@ class ModelLayout:
                 provider_options={k: v for p in providers for k, v in p.items()},
             )
         except (KeyError, TypeError, json.JSONDecodeError) as e:
-            raise UserError(f"{folder}/genai_config.json is not an LFM2 genai config ({e!r}); rebuild the folder") from None
+            raise UserError(f"{config_path} is not an LFM2 genai config ({e!r}); rebuild the folder") from None
         if not onnx_path.is_file():
             raise UserError(f"{folder}: {decoder['filename']} is missing; the export is incomplete, build it again")
         missing = missing_external_data(onnx_path, folder)

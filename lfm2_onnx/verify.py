@@ -19,6 +19,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--reference", required=True,
                    help="the checkpoint it was built from: a folder, a Hub id, or lfm2-tiny-random")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"], help="execution provider to run the export on")
+    p.add_argument("--precision", help="which variant of a multi-variant export (default: the best one for --ep); "
+                                       "the result is stored in its variants.json")
     p.add_argument("--steps", type=int, default=32, help="decode steps per prompt (default 32)")
     p.add_argument("--prompt", action="append", help="a prompt to use (repeatable; default: three built-in prompts)")
     return p
@@ -42,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     from .session import check_ep_flag
 
     check_ep_flag(args.ep)
+    from .variants import choose, read_manifest
+
+    manifest = read_manifest(folder)
+    if manifest is None and args.precision:
+        raise UserError(f"{folder} holds a single export without variants.json; drop --precision")
+    variant = choose(manifest, args.ep, args.precision, where=str(folder)).name if manifest else None
     from .builder.sources import resolve
     from .builder.verify import DEFAULT_PROMPTS, run_verification
 
@@ -51,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint, tmp = resolve(None, str(ref), None) if ref.is_dir() else resolve(args.reference, None)
     try:
         return run_verification(folder, checkpoint, ep=args.ep, texts=args.prompt or DEFAULT_PROMPTS,
-                                steps=args.steps)
+                                steps=args.steps, variant=variant)
     finally:
         if tmp is not None:
             tmp.cleanup()
