@@ -56,6 +56,12 @@ class Lfm2Model:
         max_batch: requests decoded together at most (slots allocated now); None grows to each batch.
         """
         layout = resolve_export(folder, ep, precision, revision=revision)
+        return cls.from_layout(layout, ep, max_length=max_length, cuda_graph=cuda_graph, max_batch=max_batch)
+
+    @classmethod
+    def from_layout(cls, layout: ModelLayout, ep: str = "cpu", *, max_length: int | None = None,
+                    cuda_graph: bool = True, max_batch: int | None = None) -> Lfm2Model:
+        """Open the one variant a layout names (hub.resolve_export's answer), as load() does."""
         if max_length is not None:
             check_max_length(max_length, layout.context_length)
         capacity = min(max_length or DEFAULT_CAPACITY, layout.context_length)

@@ -1,6 +1,7 @@
-"""python -m lfm2_onnx.serve FOLDER: an OpenAI-compatible server with continuous batching.
+"""python -m lfm2_onnx.serve FOLDER|ORG/NAME: an OpenAI-compatible server with continuous batching.
 
     python -m lfm2_onnx.serve lfm2-350m-onnx --ep cuda --port 8000 [--max-batch 64] [--api-key KEY]
+    python -m lfm2_onnx.serve my-org/LFM2-350M-ONNX --precision int4 [--revision v1]   # a published export
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while
 the model loads), GET /metrics (Prometheus). Needs the serve extra: pip install "lfm2-onnx[serve]".
@@ -12,12 +13,15 @@ import os
 import sys
 
 from .errors import ArgumentParser, UserError, cli_entry
-from .session import ModelLayout
 
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build")
+    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
+                                  "published by python -m lfm2_onnx.publish (downloads only the variant served)")
+    p.add_argument("--precision", help="which variant of the export: fp32, fp16, bf16, int8, int4 "
+                                       "(default: the best one for --ep)")
+    p.add_argument("--revision", help="Hub branch, tag or commit (with a repo id)")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
@@ -25,7 +29,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--max-waiting", type=int, default=256, help="requests waiting for a slot before 429")
     p.add_argument("--max-length", type=int, help="KV positions per request (prompt + new tokens); default 4096")
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 (or set LFM2_API_KEY)")
-    p.add_argument("--served-model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--served-model-name", help="the model id clients send (default: the repo id, or the folder's "
+                                               "name)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run decode steps without CUDA graphs")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -44,11 +49,20 @@ def main(argv=None) -> int:
         raise UserError("--max-batch must be at least 1 and --max-waiting at least 0")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535 (got {args.port})")
-    ModelLayout.from_folder(args.folder)  # a wrong folder fails here, in one line, before listening
-    config = ServerConfig(folder=args.folder, ep=args.ep, max_batch=args.max_batch, max_length=args.max_length,
-                          max_waiting=args.max_waiting, api_key=args.api_key or os.environ.get("LFM2_API_KEY"),
-                          model_name=args.served_model_name, cuda_graph=not args.no_cuda_graph)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+    from .generation import check_max_length
+    from .session import check_ep_flag
+
+    check_ep_flag(args.ep)
+    config = ServerConfig(folder=args.folder, ep=args.ep, precision=args.precision, revision=args.revision,
+                          max_batch=args.max_batch, max_length=args.max_length, max_waiting=args.max_waiting,
+                          api_key=args.api_key or os.environ.get("LFM2_API_KEY"), model_name=args.served_model_name,
+                          cuda_graph=not args.no_cuda_graph)
+    # create_app resolves the folder or repo id to one variant (a pull downloads it): a wrong folder, id,
+    # variant or revision fails here, in one line, before listening; the model loads once it listens.
+    app = create_app(config)
+    if args.max_length is not None:
+        check_max_length(args.max_length, app.state.lfm2.layout.context_length, shown="--max-length")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
 

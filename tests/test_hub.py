@@ -222,6 +222,39 @@ def test_publish_then_pull_by_id(export_dir, tmp_path, transfer):
     one_line_error(run("lfm2_onnx.generate", REPO, "--prompt", "hi", env=cold, cwd=tmp_path), f"cannot get {REPO}")
 
 
+def test_serve_by_repo_id(export_dir, tmp_path):
+    """python -m lfm2_onnx.serve ORG/NAME --precision: the published variant served, tokens as the original."""
+    from test_serve import ServeProcess  # skips without the serve extra and the openai client
+
+    from lfm2_onnx import Lfm2Model
+
+    folder = shutil.copytree(export_dir, tmp_path / "upload")
+    with FakeHub() as hub:
+        env = hub_env(tmp_path, hub)
+        assert run("lfm2_onnx.publish", folder, "--repo", REPO, env=env, cwd=tmp_path).returncode == 0
+        hub.requests.clear()
+        with ServeProcess(REPO, "--precision", "int4", env=env, cwd=tmp_path) as server:
+            client = server.client()
+            assert [m.id for m in client.models.list().data] == [REPO]
+            reply = client.completions.create(model=REPO, prompt=PROMPT, max_tokens=16)
+        fetched = {r.path.split("/resolve/")[1].split("/", 1)[1] for r in hub.calls("GET", "/resolve/")}
+        assert "onnx/model_q4.onnx_data" in fetched and not [f for f in fetched if f.startswith("onnx/model.onnx")]
+        assert TOKEN not in server.output
+        # Errors before listening, in one line: a missing repo, variant (listing those there) or revision.
+        one_line_error(run("lfm2_onnx.serve", "my-org/nothing-here", env=env, cwd=tmp_path),
+                       "my-org/nothing-here: no such model on the Hub")
+        one_line_error(run("lfm2_onnx.serve", REPO, "--precision", "int8", env=env, cwd=tmp_path),
+                       "no int8 variant", "it holds: cpu-fp32, cpu-int4")
+        one_line_error(run("lfm2_onnx.serve", REPO, "--revision", "v9", env=env, cwd=tmp_path), "no revision 'v9'")
+    local = Lfm2Model.load(export_dir, precision="int4")
+    assert reply.choices[0].text == local.generate(PROMPT, max_new_tokens=16)
+    # Offline: a variant never pulled, or nothing cached, is one line too.
+    one_line_error(run("lfm2_onnx.serve", REPO, "--precision", "fp32", env={**env, "HF_HUB_OFFLINE": "1"},
+                       cwd=tmp_path), "HF_HUB_OFFLINE is set")
+    one_line_error(run("lfm2_onnx.serve", REPO, env=hub_env(tmp_path / "cold", None), cwd=tmp_path),
+                   f"cannot get {REPO}")
+
+
 def test_publish_to_a_branch_and_as_a_pull_request(export_dir, tmp_path):
     folder = shutil.copytree(export_dir, tmp_path / "upload")
     with FakeHub() as hub:

@@ -66,26 +66,61 @@ def folder(tiny_export, tmp_path_factory):
     return folder
 
 
+class ServeProcess:
+    """python -m lfm2_onnx.serve ARGS on a free port: healthy on enter; stopped on exit, its output kept
+    (and checked for tracebacks)."""
+
+    def __init__(self, *args, env: dict | None = None, cwd=None):
+        port = free_port()
+        self.command = [sys.executable, "-m", "lfm2_onnx.serve", *map(str, args), "--port", str(port),
+                        "--log-level", "warning"]
+        self.env, self.cwd = env, cwd
+        self.base = f"http://127.0.0.1:{port}"
+        self.output = ""
+
+    def client(self, api_key: str = "unused"):
+        return openai.OpenAI(base_url=f"{self.base}/v1", api_key=api_key, max_retries=0, timeout=60)
+
+    def __enter__(self) -> ServeProcess:
+        self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT, text=True)
+        try:
+            wait_healthy(self.base, self.process)
+        except BaseException:
+            self._stop()
+            raise
+        return self
+
+    def __exit__(self, kind, *exc) -> None:
+        self._stop()
+        if kind is None:
+            assert "Traceback" not in self.output, self.output
+
+    def _stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.output, _ = self.process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.output, _ = self.process.communicate()
+
+
 @pytest.fixture(scope="module")
 def server(folder):
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "lfm2_onnx.serve", str(folder), "--port", str(port),
-                                "--max-batch", str(MAX_BATCH), "--max-length", str(MAX_LENGTH), "--api-key", KEY,
-                                "--log-level", "warning"],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        wait_healthy(base, process)
-        yield base
-    finally:
-        process.terminate()
-        try:
-            output, _ = process.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            output, _ = process.communicate()
-    assert KEY not in output  # keys are never logged
-    assert "Traceback" not in output, output
+    with ServeProcess(folder, "--max-batch", MAX_BATCH, "--max-length", MAX_LENGTH, "--api-key", KEY) as process:
+        yield process.base
+    assert KEY not in process.output  # keys are never logged
+
+
+@pytest.fixture(scope="module")
+def multi(tiny_checkpoint, tmp_path_factory):
+    """fp32 (the default) and int4 for the CPU in one folder."""
+    from lfm2_onnx.builder.export import export
+    from lfm2_onnx.builder.options import BuildOptions
+
+    out = tmp_path_factory.mktemp("serve-variants") / "lfm2-tiny-multi"
+    export(tiny_checkpoint, out, [BuildOptions("fp32", "cpu"), BuildOptions("int4", "cpu")], progress=False)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -413,10 +448,35 @@ def test_full_queue_is_429_and_loading_is_503(folder):
         assert response.status_code == 503 and "loading" in response.json()["error"]["message"]
 
 
-def test_cli_errors_are_one_line(tmp_path, capsys):
+def test_serves_the_variant_chosen_with_precision(multi):
+    prompt = [1, 5, 6, 8, 9]
+    with ServeProcess(multi, "--precision", "int4", "--max-length", MAX_LENGTH) as server:
+        client = server.client()
+        assert [m.id for m in client.models.list().data] == [multi.name]
+        reply = client.completions.create(model=multi.name, prompt=prompt, max_tokens=16)
+    int4 = Lfm2Model.load(multi, precision="int4", max_length=MAX_LENGTH)
+    assert int4.layout.onnx_path.name == "model_q4.onnx"
+    expected = int4.generate(prompt, max_new_tokens=16)
+    assert reply.choices[0].text == expected
+    assert reply.usage.completion_tokens == len(int4.generate_ids([prompt], 16)[0]) + (reply.choices[0].finish_reason
+                                                                                        == "stop")
+    # The root genai_config.json runs fp32, whose tokens differ: the server did not load the default.
+    default = Lfm2Model.load(multi, max_length=MAX_LENGTH)
+    assert default.layout.onnx_path.name == "model.onnx"
+    assert default.generate(prompt, max_new_tokens=16) != expected
+
+
+def test_cli_errors_are_one_line(tmp_path, multi, capsys):
     from lfm2_onnx.serve import main
 
     assert main([str(tmp_path / "missing")]) == 2
     assert main([str(tmp_path), "--max-batch", "0"]) == 2
+    assert main([str(multi), "--precision", "int8"]) == 2
+    assert main([str(multi), "--revision", "v1"]) == 2
+    assert main([str(multi), "--max-length", "999999"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(line.startswith("error: ") for line in err)
+    assert len(err) == 5 and all(line.startswith("error: ") for line in err), err
+    assert "no such model folder" in err[0]
+    assert "no int8 variant" in err[2] and "it holds: cpu-fp32, cpu-int4" in err[2]
+    assert "--revision applies to a Hub id" in err[3]
+    assert "--max-length 999999 exceeds the model's context" in err[4]

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..chat import TOOL_CALL_START, ChatStreamParser, ContentDelta, ReasoningDelta, ToolCallEvent
 from ..errors import UserError, one_line
 from ..engine import Request as EngineRequest
+from ..hub import looks_like_repo_id, resolve_export
 from ..text import TextStream
 from .metrics import Metrics
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
@@ -44,8 +45,10 @@ _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 @dataclass
 class ServerConfig:
-    folder: str
+    folder: str  # an export folder, or a repo id published by lfm2_onnx.publish (as Lfm2Model.load takes)
     ep: str = "cpu"
+    precision: str | None = None  # which variant (default: the best one for ep, lfm2_onnx.variants)
+    revision: str | None = None  # Hub branch, tag or commit, with a repo id
     max_batch: int = 64
     max_length: int | None = None
     max_waiting: int = 256
@@ -57,24 +60,29 @@ class ServerConfig:
 class _State:
     def __init__(self, config: ServerConfig):
         self.config = config
+        # Resolved now, before the server listens: a wrong folder, id or variant fails in one line, a
+        # repo id is downloaded once, and load() opens exactly this variant.
+        self.layout = resolve_export(config.folder, config.ep, config.precision, revision=config.revision)
         self.model = None
         self.worker: EngineWorker | None = None
         self.error: str | None = None
         self.metrics = Metrics()
-        self.name = config.model_name or _folder_name(config.folder)
+        self.name = config.model_name or _model_id(config.folder)
 
     def load(self) -> None:
         from ..generation import Lfm2Model
 
         try:
             c = self.config
-            model = Lfm2Model.load(c.folder, ep=c.ep, max_length=c.max_length, cuda_graph=c.cuda_graph,
-                                   max_batch=c.max_batch)
+            model = Lfm2Model.from_layout(self.layout, c.ep, max_length=c.max_length, cuda_graph=c.cuda_graph,
+                                          max_batch=c.max_batch)
             worker = EngineWorker(model.engine, max_waiting=c.max_waiting, metrics=self.metrics)
             worker.start()
             self.model, self.worker = model, worker
             self.metrics.engine_state(0, 0, model.engine.slots)
-            log.info("ready: %s on %s, %d slots of %d positions", self.name, c.ep, model.engine.slots, model.capacity)
+            log.info("ready: %s (%s) on %s, %d slots of %d positions", self.name,
+                     self.layout.onnx_path.relative_to(self.layout.folder).as_posix(), c.ep, model.engine.slots,
+                     model.capacity)
         except Exception as e:  # shown by /health; the process keeps answering
             self.error = one_line(e)
             log.error("loading %s failed: %s", self.config.folder, self.error)
@@ -86,13 +94,15 @@ class _State:
         return self.model
 
 
-def _folder_name(folder: str) -> str:
+def _model_id(source: str) -> str:
+    """What clients call the model: the repo id as given, or the folder's name."""
     from pathlib import Path
 
-    return Path(folder).resolve().name
+    return str(source) if looks_like_repo_id(source) else Path(source).resolve().name
 
 
 def create_app(config: ServerConfig) -> FastAPI:
+    """The app. The export is resolved here (a bad one is a UserError); the model loads once it starts."""
     state = _State(config)
 
     @asynccontextmanager
