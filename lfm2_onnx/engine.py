@@ -198,12 +198,16 @@ class Engine:
 
     # -- prefill --------------------------------------------------------------------------------
     def _prefill(self, requests: list[Request]) -> None:
-        """Prompts of contiguous slots run together (equal lengths: uniform graph; else ragged graph)."""
+        """Prompts of contiguous slots run together (equal lengths: uniform graph; else ragged graph).
+
+        Where the sessions have no ragged graph (CPU: a second session would hold a second copy of
+        the weights, lfm2_onnx.session.DecoderSessions), unequal prompts prefill one at a time.
+        """
         for run in _contiguous(requests):
             lengths = {len(r.prompt) for r in run}
             if len(lengths) == 1:
                 scores, tokens = self._prefill_uniform(run)
-            elif max(lengths) <= PREFILL_CHUNK:
+            elif max(lengths) <= PREFILL_CHUNK and self.sessions.ragged_prefill:
                 scores, tokens = self._prefill_ragged(run)
             else:
                 for request in run:

@@ -143,13 +143,20 @@ def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> 
 
 
 class DecoderSessions:
-    """The runtime's two variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
+    """The runtime's variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
 
     `uniform` runs every decode step; `prefill` (the same graph) any prefill whose rows are all
-    real tokens; `ragged`, made on first use, prefills right-padded prompts of unequal length. All
-    take the weights uploaded once by this class, so extra sessions add no weight memory.
+    real tokens; `ragged`, made on first use, prefills right-padded prompts of unequal length.
     With CUDA graphs, `prefill` is a second session without them: in a session that captures,
     uncaptured runs were measured 0.2-0.4 ms slower (BENCHMARKS.md).
+
+    Weights on CUDA are uploaded once by this class and given to every session, so extra sessions
+    add no weight memory. On CPU that can't hold: each session prepacks the MatMul/MatMulNBits
+    weights it is given into a copy of its own (onnxruntime's Python API can't share prepacked
+    weights between sessions), so the CPU keeps one session, `ragged_prefill` is False and callers
+    prefill unequal rows one at a time through `prefill` (no padding work either). onnxruntime reads
+    the folder's data files itself (memory-mapped) and drops what it prepacked, so a loaded CPU model
+    holds about one copy of the weights (BENCHMARKS.md, benchmarks/cpu_memory.py).
     """
 
     def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
@@ -165,10 +172,16 @@ class DecoderSessions:
             raise UserError(f"{layout.onnx_path}: not an LFM2 decoder this runtime can run ({e})") from None
         except Exception as e:  # a truncated or foreign file
             raise UserError(f"{layout.onnx_path}: can't read the ONNX graph ({e}); build the folder again") from None
-        self.weights = graphs.upload_weights(self._folder_graph, self.device)
+        # CPU: no upload; the session maps the files itself (see the class docstring).
+        self.weights = {} if self.device == "cpu" else graphs.upload_weights(self._folder_graph, self.device)
         self.uniform = self._session(uniform, cuda_graph=cuda_graph)
         self.prefill = self._session(uniform, cuda_graph=False) if cuda_graph else self.uniform
         self._ragged = None
+
+    @property
+    def ragged_prefill(self) -> bool:
+        """Whether right-padded prompts of unequal length should prefill through `ragged` together."""
+        return self.device != "cpu"
 
     @property
     def ragged(self):
