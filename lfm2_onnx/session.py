@@ -142,6 +142,18 @@ def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> 
     raise UserError(f"unknown execution provider {ep!r}; choose cpu or cuda")
 
 
+# CPU session settings (benchmarks/cpu_vs_llamacpp.py measures the alternatives; BENCHMARKS.md).
+CPU_THREADS: int | None = None  # intra-op threads; None: onnxruntime's default, one per physical core
+CPU_SESSION_CONFIG: dict[str, str] = {}
+
+
+def cpu_session_options(options) -> None:
+    if CPU_THREADS:
+        options.intra_op_num_threads = CPU_THREADS
+    for key, value in CPU_SESSION_CONFIG.items():
+        options.add_session_config_entry(key, value)
+
+
 class DecoderSessions:
     """The runtime's variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
 
@@ -204,5 +216,7 @@ class DecoderSessions:
                                          str(self.layout.onnx_path.parent))
         for name, value in self.weights.items():
             options.add_initializer(name, value)
+        if self.device == "cpu":
+            cpu_session_options(options)
         providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
         return ort.InferenceSession(graphs.serialize(model), options, providers=providers)
