@@ -6,7 +6,8 @@ Each engine runs in a fresh subprocess per folder and reports, from /proc/self/s
 VmRSS after its imports, after loading the model, after one prompt, after a batch of two
 prompts of unequal length (ours: right-padded, the ragged path; onnxruntime-genai 0.18 takes only
 equal lengths, so its batch is two prompts of the longer length), and after three more batches;
-VmHWM (peak) at the end. "weights" is the size of the folder's onnx/*.onnx_data* files.
+VmHWM (peak) at the end; "load" includes the tokenizer for both. "weights" is the size of the
+folder's onnx/*.onnx_data* files.
 Engines and folders run one after another in the same script run, on the same machine.
 """
 
@@ -62,6 +63,7 @@ def run_genai(folder: str, length: int, gen: int) -> dict:
 
     marks = {"imports": status()}
     model = og.Model(folder)
+    og.Tokenizer(model)  # ours loads its tokenizer at load too
     marks["load"] = status()
     vocab = json.loads((Path(folder) / "genai_config.json").read_text())["model"]["vocab_size"]
     long, _ = prompts(vocab, length)

@@ -13,16 +13,18 @@ quantizes it to q4_0 with llama.cpp's quantizer (llama_model_quantize), and buil
 same CKPT (python -m lfm2_onnx.build -i CKPT -e cpu + --ours-build) unless --ours gives folders.
 
 Every engine runs in its own subprocess with the same thread count, on the same random prompt
-tokens; the engines alternate, --runs times, and medians are reported. Prefill tokens/s = prompt
-tokens / time to the first new token; decode tokens/s = (new tokens - 1) / the time after it.
---ort-config applies onnxruntime session config entries to our CPU sessions (the levers measured in
-BENCHMARKS.md); `threads=N` sets intra_op_num_threads.
+tokens; the engines alternate, --runs times. Prefill tokens/s = prompt tokens / time to the first
+new token; decode tokens/s = (new tokens - 1) / the time after it. Each cell is the median of the
+runs, then the best run: on a machine shared with other work the best run is the one least disturbed.
+--ort-config runs ours under several sets of onnxruntime session config entries (the levers
+measured in BENCHMARKS.md), e.g. --ort-config "" session.intra_op.allow_spinning=1.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -112,7 +114,7 @@ def make_gguf_q4_0(checkpoint: Path, work: Path, source: Path) -> Path:
 
     f32, q4 = work / "model-f32.gguf", work / "model-q4_0.gguf"
     if not f32.exists():
-        env = {**__import__("os").environ, "PYTHONPATH": str(source / "gguf-py")}
+        env = {**os.environ, "PYTHONPATH": str(source / "gguf-py")}
         subprocess.run([sys.executable, str(source / "convert_hf_to_gguf.py"), str(checkpoint), "--outfile", str(f32),
                         "--outtype", "f32"], check=True, env=env, stdout=subprocess.DEVNULL)
     if not q4.exists():
@@ -146,8 +148,8 @@ def main() -> int:
     p.add_argument("--gguf", type=Path, help="a q4_0 GGUF to use instead of converting CKPT")
     p.add_argument("--ours", type=Path, nargs="*", default=[], help="our export folders (else built from CKPT)")
     p.add_argument("--ours-build", default="-p int4", help="build options for our export")
-    p.add_argument("--ort-config", nargs="*", default=[], help="KEY=VALUE session config entries for ours; "
-                   "a value list A,B runs one configuration per value (levers)")
+    p.add_argument("--ort-config", nargs="*", default=[], help="configurations of ours to compare (levers), "
+                   "each KEY=VALUE[,KEY=VALUE...] of onnxruntime session config entries; '' for the defaults")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--prompt-lens", type=int, nargs="+", default=[512, 1024])
     p.add_argument("--gen", type=int, default=128)
@@ -170,11 +172,14 @@ def main() -> int:
     if not args.no_llama:
         gguf = args.gguf or make_gguf_q4_0(args.checkpoint, args.work, llama_source(args.work, args.llama_src))
         engines.append(("llama.cpp q4_0", {"engine": "llama", "model": str(gguf)}, gguf.stat().st_size / 1e6))
+        # ggml's CPU backend here runs on OpenMP, whose workers spin between ops by default; PASSIVE
+        # makes them sleep, like our sessions' allow_spinning=0: both settings, for a fair pair.
+        engines.append(("llama.cpp q4_0 OMP_WAIT_POLICY=PASSIVE",
+                        {"engine": "llama", "model": str(gguf), "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+                        gguf.stat().st_size / 1e6))
     folders = args.ours or [build_ours(args.checkpoint, args.work, args.ours_build)]
-    configs = [{}]
-    for entry in args.ort_config:  # KEY=A,B: one configuration per value
-        key, _, values = entry.partition("=")
-        configs = [{**c, key: v} for c in configs for v in values.split(",")]
+    # Each --ort-config argument is one configuration, "KEY=VALUE,KEY=VALUE" ("" for the defaults).
+    configs = [dict(kv.split("=", 1) for kv in entry.split(",") if kv) for entry in args.ort_config] or [{}]
     for folder in folders:
         for config in configs:
             label = f"ours {folder.name}" + (f" {config}" if config else "")
@@ -187,13 +192,16 @@ def main() -> int:
             print(f"run {run + 1}/{args.runs}: {label} ...", file=sys.stderr, flush=True)
             cmd = [sys.executable, __file__, "--child", json.dumps({**spec, "seed": run}), "--threads",
                    str(args.threads), "--gen", str(args.gen), "--prompt-lens", *map(str, args.prompt_lens)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            env = {**os.environ, **spec.get("env", {})}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 raise SystemExit(f"{label} failed:\n{proc.stderr[-3000:]}")
             for n, timing in json.loads(proc.stdout.strip().splitlines()[-1]).items():
                 results[label][int(n)].append(timing)
 
-    print(f"threads {args.threads} · {args.gen} new tokens · medians of {args.runs} runs")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"threads {args.threads} · {args.gen} new tokens · median / best of {args.runs} runs · "
+          f"load average at the end {load} (other work on the machine)")
     print("| engine | file MB | " + " | ".join(f"prefill {n} tok/s | decode tok/s (after {n})"
                                               for n in args.prompt_lens) + " |")
     print("|---|---|" + "---|---|" * len(args.prompt_lens))
@@ -202,10 +210,12 @@ def main() -> int:
         cells = []
         for n in args.prompt_lens:
             timings = results[label][n]
-            prefill = statistics.median(n / t[0] for t in timings)
-            decode = statistics.median((t[2] - 1) / t[1] for t in timings)
-            summary.setdefault(label, {})[n] = {"prefill_tok_s": prefill, "decode_tok_s": decode, "runs": timings}
-            cells.append(f"{prefill:.0f} | {decode:.1f}")
+            prefill = [n / t[0] for t in timings]
+            decode = [(t[2] - 1) / t[1] for t in timings]
+            summary.setdefault(label, {})[n] = {"prefill_tok_s": statistics.median(prefill),
+                                                "decode_tok_s": statistics.median(decode), "runs": timings}
+            cells.append(f"{statistics.median(prefill):.0f} / {max(prefill):.0f} | "
+                         f"{statistics.median(decode):.1f} / {max(decode):.1f}")
         print(f"| {label} | {size:.1f} | " + " | ".join(cells) + " |")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

@@ -144,13 +144,27 @@ def providers_for(ep: str, layout: ModelLayout, *, cuda_graph: bool = False) -> 
 
 # CPU session settings (benchmarks/cpu_vs_llamacpp.py measures the alternatives; BENCHMARKS.md).
 CPU_THREADS: int | None = None  # intra-op threads; None: onnxruntime's default, one per physical core
-CPU_SESSION_CONFIG: dict[str, str] = {}
+CPU_SESSION_CONFIG: dict[str, str] = {
+    # Worker threads spin at most 100 us between ops, then sleep. Spinning without a bound (the
+    # default) is fastest on idle cores but collapses beside other busy processes; not spinning is
+    # robust but slower when idle. LFM2-350M q4, 2 threads, decode tokens/s (BENCHMARKS.md):
+    # idle 89 / 89 / 78 and beside two busy processes 30 / 39 / 43 (unbounded / 100 us / none).
+    "session.intra_op.spin_duration_us": "100",
+}
 
 
-def cpu_session_options(options) -> None:
+def cpu_session_options(options, quantized: bool) -> None:
+    """CPU_THREADS and CPU_SESSION_CONFIG, plus prepacking only where it pays (quantized weights).
+
+    Prepacking copies every MatMul weight into MLAS' blocked layout. MatMulNBits can't run without
+    it (0.2 tokens/s), but float MatMul can: its one-row decode kernel reads the weights as stored,
+    and prefill packs panels on the fly at no measured cost (BENCHMARKS.md), so a float model
+    keeps one (memory-mapped) copy of its weights instead of two.
+    """
     if CPU_THREADS:
         options.intra_op_num_threads = CPU_THREADS
-    for key, value in CPU_SESSION_CONFIG.items():
+    config = {"session.disable_prepacking": "0" if quantized else "1", **CPU_SESSION_CONFIG}
+    for key, value in config.items():
         options.add_session_config_entry(key, value)
 
 
@@ -217,6 +231,6 @@ class DecoderSessions:
         for name, value in self.weights.items():
             options.add_initializer(name, value)
         if self.device == "cpu":
-            cpu_session_options(options)
+            cpu_session_options(options, quantized=any(n.op_type == "MatMulNBits" for n in model.graph))
         providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
         return ort.InferenceSession(graphs.serialize(model), options, providers=providers)
