@@ -36,10 +36,6 @@ QUANTIZED_BITS = {"int8": 8, "int4": 4}
 # (MLAS) and onnxruntime-genai's builder go up to 256.
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 DEFAULT_BLOCK_SIZE = 32
-# int4 on CPU: 64. Its scales are fp32 (the activations' type), so 64 weights per scale cost the
-# same 4.5 bits per weight as llama.cpp's q4_0 (32 per fp16 scale): LFM2-350M's file is 200 MB
-# instead of 222, and it decoded ~8% faster on 2 cores (BENCHMARKS.md). CUDA's q4f16 has fp16 scales.
-CPU_INT4_BLOCK_SIZE = 64
 LM_HEAD_PRECISIONS = ("int8", "int4", "float")
 # MatMulNBits accuracy_level: the least precise type its CPU kernel may compute in. 0 unset,
 # 1 fp32, 2 fp16, 3 bf16, 4 int8 (activations quantized per block to int8: the fast integer
@@ -88,8 +84,7 @@ class BuildOptions:
 
     def _decide_quantization(self) -> None:
         if self.block_size is None:
-            cpu_int4 = self.precision == "int4" and self.ep == "cpu"
-            object.__setattr__(self, "block_size", CPU_INT4_BLOCK_SIZE if cpu_int4 else DEFAULT_BLOCK_SIZE)
+            object.__setattr__(self, "block_size", DEFAULT_BLOCK_SIZE)
         if self.block_size not in BLOCK_SIZES:
             raise UserError(f"--block-size {self.block_size} is not supported by MatMulNBits; "
                             f"valid block sizes: {', '.join(map(str, BLOCK_SIZES))}")

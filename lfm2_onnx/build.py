@@ -35,7 +35,7 @@ def parser() -> ArgumentParser:
     p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EPS)} (default: cpu)")
     q = p.add_argument_group("quantization (-p int8, -p int4: weight-only, MatMulNBits)")
     q.add_argument("--block-size", type=int, help="weights per scale along the input dim: 16, 32, 64, 128, 256 "
-                                                  "(default 64 for -p int4 -e cpu, else 32)")
+                                                  "(default 32; 64 makes a CPU int4 file q4_0-sized)")
     q.add_argument("--asymmetric", action="store_const", const=False, dest="symmetric",
                    help="a zero point per block (default: symmetric, none)")
     q.add_argument("--lm-head", help="LM head and embedding table: int8, int4 or float (default: as -p; tied "

@@ -202,12 +202,12 @@ def test_projection_nodes_and_attributes(build, tiny_checkpoint):
     spec = load_spec(tiny_checkpoint)[0]
     cpu, cuda = load_graph(build("default", "int4")), load_graph(build("default", "int4", "cuda"))
     projections = 2 * len(spec.attention_layers) + 2 * len(spec.conv_layers) + 2 * spec.num_layers
-    for model, level, block in ((cpu, 4, 64), (cuda, None, 32)):  # int4 on CPU: 64 (options.CPU_INT4_BLOCK_SIZE)
+    for model, level in ((cpu, 4), (cuda, None)):
         nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
         assert len(nbits) == projections + 1  # + the LM head
         for node in nbits:
             attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-            assert (attrs["bits"], attrs["block_size"], attrs.get("accuracy_level")) == (4, block, level)
+            assert (attrs["bits"], attrs["block_size"], attrs.get("accuracy_level")) == (4, 32, level)
             assert len(node.input) == 3  # symmetric: no zero points
     scales = {t.name: t.data_type for t in cuda.graph.initializer if t.name.endswith("_scales")}
     assert set(scales.values()) == {onnx.TensorProto.FLOAT16}  # q4f16: fp16 activations and scales
