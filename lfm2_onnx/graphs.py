@@ -14,7 +14,8 @@ batches come out right. A runtime that knows more about its batch can skip work,
 - `ragged(model)`, for right-padded prompts of unequal length (prefill only): the folder's graph
   with the same last-position head, taken per row at `last_positions`.
 
-Both read the folder's weights, uploaded once (`upload_weights`) and shared by the two sessions.
+On CUDA both read the folder's weights, uploaded once (`upload_weights`) and shared by the two
+sessions; on CPU the runtime keeps one session (`uniform`), see lfm2_onnx.session.DecoderSessions.
 Graphs that don't have the expected shape (no GroupQueryAttention, no LM head found) raise
 `NotSpecialisable`.
 """
