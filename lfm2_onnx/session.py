@@ -153,8 +153,13 @@ CPU_SESSION_CONFIG: dict[str, str] = {
 }
 
 
-def cpu_session_options(options, quantized: bool) -> None:
-    """CPU_THREADS and CPU_SESSION_CONFIG, plus prepacking only where it pays (quantized weights).
+# Ops whose CPU kernels need their weights prepacked (MatMulNBits without it: 0.2 tokens/s). MoE
+# experts are left as onnxruntime chooses: not measured without prepacking.
+PREPACKED_OPS = {"MatMulNBits", "QMoE", "MoE"}
+
+
+def cpu_session_options(options, prepack: bool) -> None:
+    """CPU_THREADS and CPU_SESSION_CONFIG, plus prepacking only where it pays (PREPACKED_OPS).
 
     Prepacking copies every MatMul weight into MLAS' blocked layout. MatMulNBits can't run without
     it (0.2 tokens/s), but float MatMul can: its one-row decode kernel reads the weights as stored,
@@ -163,7 +168,7 @@ def cpu_session_options(options, quantized: bool) -> None:
     """
     if CPU_THREADS:
         options.intra_op_num_threads = CPU_THREADS
-    config = {"session.disable_prepacking": "0" if quantized else "1", **CPU_SESSION_CONFIG}
+    config = {"session.disable_prepacking": "0" if prepack else "1", **CPU_SESSION_CONFIG}
     for key, value in config.items():
         options.add_session_config_entry(key, value)
 
@@ -231,6 +236,6 @@ class DecoderSessions:
         for name, value in self.weights.items():
             options.add_initializer(name, value)
         if self.device == "cpu":
-            cpu_session_options(options, quantized=any(n.op_type == "MatMulNBits" for n in model.graph))
+            cpu_session_options(options, prepack=any(n.op_type in PREPACKED_OPS for n in model.graph))
         providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
         return ort.InferenceSession(graphs.serialize(model), options, providers=providers)
