@@ -64,17 +64,6 @@ def test_chunked_ragged_rows_equal_their_single_runs(model, monkeypatch):
         assert model.generate_ids(PROMPTS, 16) == expected, chunk
 
 
-def test_cpu_ragged_batch_adds_no_copy_of_the_weights(tiny_export):
-    """Each CPU session prepacks its own copy of the weights: a ragged batch must not open a second
-    session, and the weights must not be handed in (user-owned arrays stay resident next to the
-    prepacked copy); onnxruntime maps the folder's files and drops what it prepacked."""
-    model = Lfm2Model.load(tiny_export, max_length=64)
-    assert model.sessions.weights == {}
-    model.generate_ids(PROMPTS, 4)
-    assert not model.sessions.ragged_prefill and model.sessions._ragged is None
-    assert model.sessions.prefill is model.sessions.uniform
-
-
 def test_rows_stop_on_their_own_eos(tiny_export, tmp_path, model):
     """Make one of row 0's greedy tokens an eos id: row 0 stops there, the other rows don't change."""
     full = model.generate_ids(PROMPTS, 16)

@@ -105,21 +105,22 @@ def test_ragged_graph_takes_each_rows_last_token(sessions, layout, tiny_export):
                                    ref_state.cache(layout.past_conv % i), atol=1e-5)
 
 
-def test_ragged_session_is_made_only_for_ragged_batches(tiny_export):
+def test_cpu_keeps_one_session_for_every_batch(tiny_export):
+    """Each CPU session prepacks its own copy of the weights: no batch may open a second one, and the
+    weights aren't handed in (the caller's arrays would stay resident beside the prepacked copy)."""
     model = Lfm2Model.load(tiny_export, max_length=64)
+    assert model.sessions.weights == {} and model.sessions.prefill is model.sessions.uniform
     model.generate_ids([PROMPTS[0]], 4)
     model.generate_ids([PROMPTS[1], PROMPTS[1]], 4)
-    assert model.sessions._ragged is None
-    model.generate_ids(PROMPTS, 4)
-    assert model.sessions._ragged is not None
+    model.generate_ids(PROMPTS, 4)  # unequal lengths: row by row through the one session
+    assert not model.sessions.ragged_prefill and model.sessions._ragged is None
 
 
-def test_one_upload_of_the_weights_serves_both_sessions(sessions, layout):
-    """Every external weight is uploaded once and given to both sessions, none read twice."""
+def test_one_upload_of_the_weights_covers_every_external_weight(layout):
+    """What the CUDA sessions share: every external weight, uploaded once (here to host memory)."""
     folder = graphs.load(layout.onnx_path)
     names = {v.name for v in graphs.external_weights(folder)}
-    assert names and set(sessions.weights) == names
-    assert sessions.ragged is not None and sessions.uniform is not None
+    assert names and set(graphs.upload_weights(folder, "cpu")) == names
 
 
 def test_a_graph_it_cannot_specialise_is_a_one_line_error(tiny_export, tmp_path):
