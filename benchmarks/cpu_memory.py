@@ -40,7 +40,7 @@ def prompts(vocab: int, length: int) -> tuple[list[int], list[int]]:
 
 
 def run_ours(folder: str, length: int, gen: int) -> dict:
-    from lfm2_onnx.generation import Lfm2Model
+    from lfm2_onnx.lfm2_model import Lfm2Model
     from lfm2_onnx.sampling import SamplingParams
 
     marks = {"imports": status()}

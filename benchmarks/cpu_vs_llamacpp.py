@@ -43,7 +43,7 @@ def prompt_tokens(vocab: int, length: int, seed: int) -> list[int]:
 # -- children: one engine, one model, every prompt length ---------------------------------------
 def child_ours(folder: str, threads: int, lengths: list[int], gen: int, seed: int, config: dict) -> dict:
     from lfm2_onnx import session
-    from lfm2_onnx.generation import Lfm2Model
+    from lfm2_onnx.lfm2_model import Lfm2Model
     from lfm2_onnx.sampling import SamplingParams
 
     session.CPU_THREADS = threads

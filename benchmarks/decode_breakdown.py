@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.sampling import SamplingParams
 
 

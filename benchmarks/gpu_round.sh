@@ -15,7 +15,7 @@ if has build; then
   done
 fi
 if has check; then
-  python3 -m pytest tests/test_generation.py tests/test_graphs.py -q -m cuda -p no:cacheprovider 2>&1 | grep -v "^  " | tail -25
+  python3 -m pytest tests/test_lfm2_model.py tests/test_runtime_graphs.py -q -m cuda -p no:cacheprovider 2>&1 | grep -v "^  " | tail -25
   python3 benchmarks/memcpy_nodes.py "$work/LFM2-350M-fp16" 2>&1 | tail -4
   python3 benchmarks/memcpy_nodes.py "$work/LFM2-350M-q4f16" 2>&1 | tail -4
   for f in LFM2-350M-fp16 LFM2-350M-q4f16; do

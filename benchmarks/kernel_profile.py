@@ -18,18 +18,18 @@ import time
 
 import numpy as np
 
-from lfm2_onnx import graphs
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx import runtime_graphs
+from lfm2_onnx.lfm2_model import Lfm2Model
 
 
 def load(folder: str, variant: str, capacity: int, cuda_graph: bool) -> Lfm2Model:
-    original = graphs._channels_last_conv
+    original = runtime_graphs._channels_last_conv
     if variant == "no-chlast":
-        graphs._channels_last_conv = lambda graph: None
+        runtime_graphs._channels_last_conv = lambda graph: None
     try:
         return Lfm2Model.load(folder, ep="cuda", max_length=capacity, cuda_graph=cuda_graph)
     finally:
-        graphs._channels_last_conv = original
+        runtime_graphs._channels_last_conv = original
 
 
 def decode_once(model: Lfm2Model, parity: int) -> None:

@@ -11,19 +11,19 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
-from lfm2_onnx import graphs
+from lfm2_onnx import runtime_graphs
 from lfm2_onnx.session import ModelLayout
 
 layout = ModelLayout.from_folder(sys.argv[1])
 ort.preload_dlls()
-folder_graph = graphs.load(layout.onnx_path)
-for name, model in (("folder graph", folder_graph), ("runtime uniform graph", graphs.uniform(folder_graph))):
+folder_graph = runtime_graphs.load(layout.onnx_path)
+for name, model in (("folder graph", folder_graph), ("runtime uniform graph", runtime_graphs.uniform(folder_graph))):
     with tempfile.TemporaryDirectory() as tmp:
         options = ort.SessionOptions()
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         options.add_session_config_entry("session.model_external_initializers_file_folder_path",
                                          str(layout.onnx_path.parent))
-        ort.InferenceSession(graphs.serialize(model), options,
+        ort.InferenceSession(runtime_graphs.serialize(model), options,
                              providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
         graph = onnx.load(options.optimized_model_filepath, load_external_data=False).graph
     producers = {o: n for n in graph.node for o in n.output}

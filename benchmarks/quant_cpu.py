@@ -8,7 +8,7 @@ symmetric, accuracy_level 4), then times greedy generation of the same random 12
 64 new tokens, on each:
 
 * genai runtime: onnxruntime-genai's Generator (its own search loop, shared KV buffers);
-* Stepper: our plain driver (lfm2_onnx.stepper.Stepper: onnxruntime InferenceSession, default options);
+* ReferenceDriver: our plain driver (lfm2_onnx.reference_driver: onnxruntime InferenceSession, default options);
 
 each on both folders.
 
@@ -58,13 +58,13 @@ def genai_generate(model, prompt: list[int], new_tokens: int) -> tuple[float, fl
     return first - start, end - first, [int(t) for t in generator.get_sequence(0)][len(prompt):]
 
 
-def stepper_generate(stepper, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
+def driver_generate(driver, prompt: list[int], new_tokens: int) -> tuple[float, float, list[int]]:
     start = time.perf_counter()
-    logits, state = stepper.prefill([prompt])
+    logits, state = driver.prefill([prompt])
     tokens = [int(logits[0, -1].argmax())]
     first = time.perf_counter()
     while len(tokens) < new_tokens:
-        logits = stepper.decode(np.array([tokens[-1]]), state)
+        logits = driver.decode(np.array([tokens[-1]]), state)
         tokens.append(int(logits[0, -1].argmax()))
     return first - start, time.perf_counter() - first, tokens
 
@@ -97,7 +97,7 @@ def main() -> int:
     import onnxruntime as ort
     import onnxruntime_genai as og
 
-    from lfm2_onnx.stepper import Stepper
+    from lfm2_onnx.reference_driver import ReferenceDriver
 
     args.work.mkdir(parents=True, exist_ok=True)
     log = args.work / "build.log"
@@ -116,11 +116,11 @@ def main() -> int:
     for label, folder in (("ours (genai runtime)", ours), ("genai's export (genai runtime)", theirs)):
         model = og.Model(str(folder))
         runners[label] = lambda model=model: genai_generate(model, prompt, args.new_tokens)
-    for label, folder in (("ours (Stepper)", ours), ("genai's export (Stepper)", theirs)):
-        stepper = Stepper(folder)
-        runners[label] = lambda stepper=stepper: stepper_generate(stepper, prompt, args.new_tokens)
+    for label, folder in (("ours (ReferenceDriver)", ours), ("genai's export (ReferenceDriver)", theirs)):
+        driver = ReferenceDriver(folder)
+        runners[label] = lambda driver=driver: driver_generate(driver, prompt, args.new_tokens)
     results = measure(runners, args.runs, args.new_tokens)
-    same = results["ours (genai runtime)"]["tokens"] == results["ours (Stepper)"]["tokens"]
+    same = results["ours (genai runtime)"]["tokens"] == results["ours (ReferenceDriver)"]["tokens"]
     report = {
         "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, "
                                                       f"{os.cpu_count()} cores",
@@ -129,7 +129,7 @@ def main() -> int:
         "build_s": {k: "reused" if v is None else round(v, 1) for k, v in build_s.items()},
         "onnx_bytes": {k: sum(f.stat().st_size for f in d.rglob("*") if ".onnx" in f.name)
                        for k, d in (("ours", ours), ("genai", theirs))},
-        "ours_stepper_and_genai_runtime_agree": same,
+        "ours_driver_and_genai_runtime_agree": same,
         "results": {k: {kk: vv for kk, vv in v.items() if kk != "tokens"} for k, v in results.items()},
     }
     print(json.dumps(report, indent=2))

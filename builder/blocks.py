@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 import torch
 
-from .graph import GraphBuilder
+from .graph_builder import GraphBuilder
 from .options import BuildOptions
 from .quantize import QuantizedMatrix, Scheme, add_quantized_weight
 from .spec import Lfm2Spec

@@ -7,7 +7,7 @@ import onnx_ir as ir
 from lfm2_onnx import __version__
 
 from . import blocks
-from .graph import GraphBuilder
+from .graph_builder import GraphBuilder
 from .moe import moe
 from .options import BuildOptions
 from .spec import Lfm2Spec

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .graph import GraphBuilder
+from .graph_builder import GraphBuilder
 
 
 @dataclass(frozen=True)

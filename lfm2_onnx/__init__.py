@@ -11,7 +11,7 @@ __all__ = ["Lfm2Model"]
 def __getattr__(name):
     # Lazy: `import lfm2_onnx` stays cheap and the CLIs that don't generate never load onnxruntime.
     if name == "Lfm2Model":
-        from .generation import Lfm2Model
+        from .lfm2_model import Lfm2Model
 
         return Lfm2Model
     raise AttributeError(f"module 'lfm2_onnx' has no attribute {name!r}")

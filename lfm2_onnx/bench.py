@@ -3,7 +3,7 @@
     python -m lfm2_onnx.bench lfm2-350m-onnx --ep cuda --prompt-len 1024 --gen 128 [--batch 8] [--compare-genai]
 
 Each engine runs in its own process on the same folder and the same random prompt tokens: ours
-(lfm2_onnx.generation) and, with --compare-genai, onnxruntime-genai. The floor is the time to read
+(lfm2_onnx.lfm2_model) and, with --compare-genai, onnxruntime-genai. The floor is the time to read
 every weight once: weight bytes / bandwidth measured in this run (a device copy on CUDA; on CPU, reads
 of a host buffer by as many threads as cores, the way a decode step reads its weights). A benchmark,
 not a test.
@@ -50,7 +50,7 @@ def device_memory_mb(ep: str) -> float | None:
 
 
 def run_ours(folder: str, ep: str, prompts: list[list[int]], gen: int, runs: int, cuda_graph: bool = True) -> dict:
-    from .generation import Lfm2Model
+    from .lfm2_model import Lfm2Model
     from .sampling import SamplingParams
 
     model = Lfm2Model.load(folder, ep=ep, max_length=len(prompts[0]) + gen + 8, cuda_graph=cuda_graph)

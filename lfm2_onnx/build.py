@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{spec.num_layers} layers ({len(spec.attention_layers)} attention, {len(spec.conv_layers)} conv), "
               f"{','.join(precisions)}, {args.ep}")
         if args.verify:
-            from .builder.verify import run_verification
+            from .builder.parity import run_verification
 
             codes = []
             for variant in result.variants:

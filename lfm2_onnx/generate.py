@@ -166,7 +166,7 @@ def main(argv=None) -> int:
     if args.tools and not args.chat:
         raise UserError("--tools needs --chat")
     tools = _read_tools(args.tools)
-    from .generation import Lfm2Model, check_max_length
+    from .lfm2_model import Lfm2Model, check_max_length
     from .hub import resolve_export
     from .session import check_ep_flag
 

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
         raise UserError("--max-batch must be at least 1 and --max-waiting at least 0")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535 (got {args.port})")
-    from .generation import check_max_length
+    from .lfm2_model import check_max_length
     from .session import check_ep_flag
 
     check_ep_flag(args.ep)

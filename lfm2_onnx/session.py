@@ -174,7 +174,7 @@ def cpu_session_options(options, prepack: bool) -> None:
 
 
 class DecoderSessions:
-    """The runtime's variants of the folder's decoder (lfm2_onnx.graphs), one copy of the weights.
+    """The runtime's variants of the folder's decoder (lfm2_onnx.runtime_graphs), one copy of the weights.
 
     `uniform` runs every decode step; `prefill` (the same graph) any prefill whose rows are all
     real tokens; `ragged`, made on first use, prefills right-padded prompts of unequal length.
@@ -191,20 +191,20 @@ class DecoderSessions:
     """
 
     def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
-        from . import graphs
+        from . import runtime_graphs
 
         self.layout, self.ep, self.cuda_graph = layout, ep, cuda_graph
         self.device = "cuda" if ep == "cuda" else "cpu"
         self._providers = providers_for(ep, layout, cuda_graph=cuda_graph)  # checks the EP before any upload
         try:
-            self._folder_graph = graphs.load(layout.onnx_path)
-            uniform = graphs.uniform(self._folder_graph)
-        except graphs.NotSpecialisable as e:
+            self._folder_graph = runtime_graphs.load(layout.onnx_path)
+            uniform = runtime_graphs.uniform(self._folder_graph)
+        except runtime_graphs.NotSpecialisable as e:
             raise UserError(f"{layout.onnx_path}: not an LFM2 decoder this runtime can run ({e})") from None
         except Exception as e:  # a truncated or foreign file
             raise UserError(f"{layout.onnx_path}: can't read the ONNX graph ({e}); build the folder again") from None
         # CPU: no upload; the session maps the files itself (see the class docstring).
-        self.weights = {} if self.device == "cpu" else graphs.upload_weights(self._folder_graph, self.device)
+        self.weights = {} if self.device == "cpu" else runtime_graphs.upload_weights(self._folder_graph, self.device)
         self.uniform = self._session(uniform, cuda_graph=cuda_graph)
         self.prefill = self._session(uniform, cuda_graph=False) if cuda_graph else self.uniform
         self._ragged = None
@@ -217,16 +217,16 @@ class DecoderSessions:
     @property
     def ragged(self):
         if self._ragged is None:
-            from . import graphs
+            from . import runtime_graphs
 
             # No CUDA graphs: this session only prefills, and prefill shapes vary.
-            self._ragged = self._session(graphs.ragged(self._folder_graph), cuda_graph=False)
+            self._ragged = self._session(runtime_graphs.ragged(self._folder_graph), cuda_graph=False)
         return self._ragged
 
     def _session(self, model, *, cuda_graph: bool):
         import onnxruntime as ort
 
-        from . import graphs
+        from . import runtime_graphs
 
         options = ort.SessionOptions()
         options.log_severity_level = 3
@@ -238,4 +238,4 @@ class DecoderSessions:
         if self.device == "cpu":
             cpu_session_options(options, prepack=any(n.op_type in PREPACKED_OPS for n in model.graph))
         providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
-        return ort.InferenceSession(graphs.serialize(model), options, providers=providers)
+        return ort.InferenceSession(runtime_graphs.serialize(model), options, providers=providers)

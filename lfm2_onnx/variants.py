@@ -54,7 +54,7 @@ class Variant:
     bytes: int
     options: dict = field(default_factory=dict)  # the build options (block size, lm head, ...)
     built_with: dict = field(default_factory=dict)  # command line, tool versions, date
-    verify: dict | None = None  # builder.verify's summary, when the variant was verified
+    verify: dict | None = None  # builder.parity's summary, when the variant was verified
 
     @property
     def name(self) -> str:

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
-from .stepper import read_genai_config
+from .reference_driver import read_genai_config
 
 
 def parser() -> ArgumentParser:
@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError(f"{folder} holds a single export without variants.json; drop --precision")
     variant = choose(manifest, args.ep, args.precision, where=str(folder)).name if manifest else None
     from .builder.sources import resolve
-    from .builder.verify import DEFAULT_PROMPTS, run_verification
+    from .builder.parity import DEFAULT_PROMPTS, run_verification
 
     ref = Path(args.reference)
     if ref.is_dir() and not (ref / "config.json").is_file():

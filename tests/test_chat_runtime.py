@@ -14,7 +14,7 @@ import pytest
 
 from conftest import SHARED_MODELS
 from lfm2_onnx.chat import ContentDelta, ReasoningDelta, ToolCallEvent
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.text import TextCodec
 
 WEATHER = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather",

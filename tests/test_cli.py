@@ -682,7 +682,7 @@ def test_every_option_has_help(module):
 
 def test_readme_lists_every_pass_rule():
     """The README's Verify section states the thresholds verify applies, every one of them."""
-    from lfm2_onnx.builder.verify import THRESHOLDS
+    from lfm2_onnx.builder.parity import THRESHOLDS
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     section = readme.split("\n## Verify\n", 1)[1].split("\n## ", 1)[0]

@@ -11,10 +11,10 @@ rounding may flip the argmax where two logits are nearly tied (random weights ma
 common). So an fp16 client must (a) choose, at every step, a token whose float32 logit is within
 FP16_TIE_TOLERANCE of the float32 maximum along the sequence it generated (teacher-forced through
 transformers), which a wrong graph or a mishandled cache fails by whole logits, and (b) for
-onnxruntime-genai, which runs the same onnxruntime build as our Stepper, agree with the Stepper's
+onnxruntime-genai, which runs the same onnxruntime build as our ReferenceDriver, agree with the ReferenceDriver's
 greedy tokens on the same file exactly.
 
-Clients end a sequence differently at EOS: transformers, transformers.js and the Stepper keep the
+Clients end a sequence differently at EOS: transformers, transformers.js and the ReferenceDriver keep the
 EOS token, onnxruntime-genai drops it. Every comparison is therefore made through EOS, on the
 tokens before the first EOS (`before_eos`), so it holds wherever a random model happens to stop on
 a given CPU's kernels; test_clients_stop_at_the_same_eos makes every client stop, on any CPU.
@@ -34,7 +34,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from lfm2_onnx.stepper import Stepper  # noqa: E402
+from lfm2_onnx.reference_driver import ReferenceDriver  # noqa: E402
 
 CLIENTS_DIR = Path(__file__).resolve().parent / "clients"
 GENERATE_MJS = CLIENTS_DIR / "generate.mjs"
@@ -94,15 +94,15 @@ def fp16_export(factory, tiny_checkpoint) -> Path:
     return factory.export(tiny_checkpoint, precision="fp16", ep="cpu")
 
 
-def stepper_greedy(stepper: Stepper, prompt: list[int], new_tokens: int, eos: set[int]) -> list[int]:
-    logits, state = stepper.prefill([prompt])
+def driver_greedy(driver: ReferenceDriver, prompt: list[int], new_tokens: int, eos: set[int]) -> list[int]:
+    logits, state = driver.prefill([prompt])
     tokens: list[int] = []
     while True:
         token = int(np.argmax(logits[0, -1]))
         tokens.append(token)
         if token in eos or len(tokens) == new_tokens:
             return tokens
-        logits = stepper.decode(np.array([token]), state)
+        logits = driver.decode(np.array([token]), state)
 
 
 def assert_near_greedy(hf_model, prompt: list[int], tokens: list[int], eos: set[int], client: str) -> None:
@@ -165,8 +165,8 @@ def genai_greedy(model, prompt: list[int], new_tokens: int) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def stepper_fp16(fp16_export):
-    return Stepper(fp16_export)
+def driver_fp16(fp16_export):
+    return ReferenceDriver(fp16_export)
 
 
 @pytest.mark.parametrize("prompt_name", PROMPTS)
@@ -176,12 +176,12 @@ def test_genai_fp32_matches_transformers(genai_models, tiny_export, hf_greedy, e
 
 
 @pytest.mark.parametrize("prompt_name", PROMPTS)
-def test_genai_fp16_generates(genai_models, fp16_export, stepper_fp16, hf_model, eos_ids, prompt_name):
+def test_genai_fp16_generates(genai_models, fp16_export, driver_fp16, hf_model, eos_ids, prompt_name):
     prompt = PROMPTS[prompt_name]
     tokens = genai_greedy(genai_models(fp16_export), prompt, NEW_TOKENS)
     assert_near_greedy(hf_model, prompt, tokens, eos_ids, "onnxruntime-genai")
-    # Same file, same onnxruntime kernels: genai's search must pick exactly the Stepper's tokens.
-    assert before_eos(tokens, eos_ids) == before_eos(stepper_greedy(stepper_fp16, prompt, NEW_TOKENS, eos_ids), eos_ids)
+    # Same file, same onnxruntime kernels: genai's search must pick exactly the ReferenceDriver's tokens.
+    assert before_eos(tokens, eos_ids) == before_eos(driver_greedy(driver_fp16, prompt, NEW_TOKENS, eos_ids), eos_ids)
 
 
 # --- transformers.js -----------------------------------------------------------------------------
@@ -253,13 +253,13 @@ def eos_case(tiny_export, hf_greedy, tmp_path_factory):
     return folder, prompt, full[:stop], full[stop]
 
 
-def test_stepper_and_genai_stop_at_the_same_eos(eos_case):
+def test_reference_driver_and_genai_stop_at_the_same_eos(eos_case):
     folder, prompt, expected, eos_id = eos_case
-    stepper = stepper_greedy(Stepper(folder), prompt, NEW_TOKENS, {eos_id})
-    assert stepper == expected + [eos_id]  # the Stepper keeps the EOS, as transformers does
+    ours = driver_greedy(ReferenceDriver(folder), prompt, NEW_TOKENS, {eos_id})
+    assert ours == expected + [eos_id]  # the ReferenceDriver keeps the EOS, as transformers does
     genai = genai_greedy(load_genai(folder), prompt, NEW_TOKENS)
     assert genai == expected  # onnxruntime-genai drops it
-    assert before_eos(stepper, {eos_id}) == before_eos(genai, {eos_id}) == expected
+    assert before_eos(ours, {eos_id}) == before_eos(genai, {eos_id}) == expected
 
 
 def test_transformers_js_stops_at_the_same_eos(node, eos_case):
@@ -280,7 +280,7 @@ def readme_python_block(heading: str) -> str:
 def test_readme_genai_example_runs_the_prompt_transformers_runs(tiny_export, tiny_checkpoint, hf_model, eos_ids,
                                                                   capsys):
     pytest.importorskip("onnxruntime_genai")
-    from lfm2_onnx.generation import Lfm2Model
+    from lfm2_onnx.lfm2_model import Lfm2Model
 
     code = readme_python_block("## Run an export in onnxruntime-genai")
     assert 'og.Model("demo")' in code

@@ -7,7 +7,7 @@ import pytest
 from lfm2_onnx import engine as engine_module
 from lfm2_onnx.engine import Engine, Request
 from lfm2_onnx.errors import UserError
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.sampling import SamplingParams
 from lfm2_onnx.session import ModelLayout
 

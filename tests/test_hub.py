@@ -55,7 +55,7 @@ def hub_env(tmp_path: Path, hub: FakeHub | None, **extra) -> dict:
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, tiny_checkpoint) -> Path:
     """fp32 + int4 for the CPU, both verified (the stored results go on the card)."""
-    from lfm2_onnx.builder.verify import run_verification
+    from lfm2_onnx.builder.parity import run_verification
 
     out = tmp_path_factory.mktemp("publish") / "tiny-onnx"
     export(tiny_checkpoint, out, [BuildOptions("fp32", "cpu"), BuildOptions("int4", "cpu")], progress=False,

@@ -20,10 +20,10 @@ from lfm2_onnx.builder.options import BuildOptions  # noqa: E402
 from lfm2_onnx.builder.spec import load_spec, spec_from_config  # noqa: E402
 from lfm2_onnx.builder.tensors import expected_shapes  # noqa: E402
 from lfm2_onnx.builder.tiny import tiny_moe_config  # noqa: E402
-from lfm2_onnx.builder.verify import compare, dequantized_reference, load_reference  # noqa: E402
+from lfm2_onnx.builder.parity import compare, dequantized_reference, load_reference  # noqa: E402
 from lfm2_onnx.errors import UserError  # noqa: E402
-from lfm2_onnx.stepper import Stepper  # noqa: E402
-from test_graph import check_io, load_graph  # noqa: E402
+from lfm2_onnx.reference_driver import ReferenceDriver  # noqa: E402
+from test_graph_contract import check_io, load_graph  # noqa: E402
 
 # Varied routing: expert counts, top-k, dense prefix, expert bias, normalisation, scaling, ties.
 CONFIGS = {
@@ -112,14 +112,14 @@ def test_fp16_cpu_close_to_transformers(case, factory):
 
 
 def test_ragged_batch_rows_equal_single_runs(factory):
-    stepper = Stepper(factory.export(factory.checkpoint(moe=True), "fp32"))
-    batch_logits, batch_state = stepper.prefill(PROMPTS)
+    driver = ReferenceDriver(factory.export(factory.checkpoint(moe=True), "fp32"))
+    batch_logits, batch_state = driver.prefill(PROMPTS)
     tokens = np.array([int(batch_logits[r, len(p) - 1].argmax()) for r, p in enumerate(PROMPTS)])
-    batch_steps = [stepper.decode(tokens, batch_state)[:, -1]]
+    batch_steps = [driver.decode(tokens, batch_state)[:, -1]]
     for row, prompt in enumerate(PROMPTS):
-        logits, state = stepper.prefill([prompt])
+        logits, state = driver.prefill([prompt])
         np.testing.assert_allclose(batch_logits[row, : len(prompt)], logits[0], atol=1e-5)
-        np.testing.assert_allclose(batch_steps[0][row], stepper.decode(tokens[row:row + 1], state)[0, -1], atol=1e-5)
+        np.testing.assert_allclose(batch_steps[0][row], driver.decode(tokens[row:row + 1], state)[0, -1], atol=1e-5)
 
 
 @pytest.mark.parametrize("precision,asymmetric", [("int4", False), ("int4", True), ("int8", False), ("int8", True)])
@@ -322,12 +322,12 @@ _QMOE_CUDA = pytest.mark.xfail(reason="QMoE on CUDA: runtime and reference-drive
 def test_cuda_runtime_equals_reference_driver(factory, precision):
     """MoE/QMoE on the GPU: the runtime (CUDA graphs, derived graphs) picks the folder graph's tokens."""
     from lfm2_onnx import Lfm2Model
-    from test_generation import _stepper_greedy
+    from test_lfm2_model import _driver_greedy
 
     # CUDA QMoE takes expert widths in multiples of 64.
     folder = factory.export(factory.checkpoint(moe=True, moe_intermediate_size=64), precision, "cuda")
     model = Lfm2Model.load(folder, ep="cuda", max_length=128)
     eos = set(model.layout.eos_token_ids)
-    expected = [_stepper_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
+    expected = [_driver_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
     assert [model.generate_ids([p], 24)[0] for p in PROMPTS] == expected
     assert model.generate_ids(PROMPTS, 24) == expected

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lfm2_onnx.builder.verify import compare, load_reference
-from lfm2_onnx.stepper import Stepper
+from lfm2_onnx.builder.parity import compare, load_reference
+from lfm2_onnx.reference_driver import ReferenceDriver
 
 CONFIGS = {
     "default": {},
@@ -46,21 +46,21 @@ def test_fp16_cpu_close_to_transformers(case, factory):
 def test_ragged_batch_rows_equal_single_runs(factory):
     """Each row of a right-padded batch: same logits and same present caches as that prompt alone."""
     checkpoint = factory.checkpoint(conv_bias=True)
-    stepper = Stepper(factory.export(checkpoint, "fp32"))
-    batch_logits, batch_state = stepper.prefill(PROMPTS)
+    driver = ReferenceDriver(factory.export(checkpoint, "fp32"))
+    batch_logits, batch_state = driver.prefill(PROMPTS)
     batch_steps = []
     next_tokens = np.array([int(batch_logits[r, len(p) - 1].argmax()) for r, p in enumerate(PROMPTS)])
     for _ in range(4):
-        batch_steps.append(stepper.decode(next_tokens, batch_state)[:, -1])
+        batch_steps.append(driver.decode(next_tokens, batch_state)[:, -1])
         next_tokens = batch_steps[-1].argmax(-1)
     batch_caches = {name: batch_state.cache(name) for name in batch_state.caches}
 
     for row, prompt in enumerate(PROMPTS):
-        logits, state = stepper.prefill([prompt])
+        logits, state = driver.prefill([prompt])
         np.testing.assert_allclose(batch_logits[row, : len(prompt)], logits[0], atol=1e-5)
         token = np.array([int(logits[0, -1].argmax())])
         for step in range(4):
-            step_logits = stepper.decode(token, state)[:, -1]
+            step_logits = driver.decode(token, state)[:, -1]
             np.testing.assert_allclose(batch_steps[step][row], step_logits[0], atol=1e-5)
             token = step_logits.argmax(-1)
         real = len(prompt) + 4  # cache positions that hold this row's tokens

@@ -6,7 +6,7 @@
 * Distance from the unquantized model (default options: accuracy_level 4), KL and top-1, with
   the thresholds measured on the tiny checkpoints recorded below.
 * The folder: file names, one shared table for tied models, config.json/genai_config.json.
-* Clients: onnxruntime-genai and transformers.js pick the same greedy tokens as our Stepper, compared
+* Clients: onnxruntime-genai and transformers.js pick the same greedy tokens as our ReferenceDriver, compared
   through EOS (tests/test_clients.py: before_eos), so a random model may stop anywhere on any CPU.
 * Bad input: unsupported block sizes and option combinations are one-line errors.
 """
@@ -25,9 +25,9 @@ torch = pytest.importorskip("torch")
 from lfm2_onnx.builder.export import export  # noqa: E402
 from lfm2_onnx.builder.options import BLOCK_SIZES, BuildOptions  # noqa: E402
 from lfm2_onnx.builder.spec import load_spec  # noqa: E402
-from lfm2_onnx.builder.verify import compare, dequantized_reference, load_reference  # noqa: E402
+from lfm2_onnx.builder.parity import compare, dequantized_reference, load_reference  # noqa: E402
 from lfm2_onnx.errors import UserError  # noqa: E402
-from lfm2_onnx.stepper import Stepper  # noqa: E402
+from lfm2_onnx.reference_driver import ReferenceDriver  # noqa: E402
 
 import test_clients as clients  # noqa: E402  (a module import: its tests are not collected twice)
 from test_clients import node  # noqa: E402, F401  (fixture: node binary, or skip)
@@ -223,30 +223,30 @@ def eos_ids(tiny_checkpoint) -> set[int]:
 
 
 @pytest.fixture(scope="module")
-def stepper_tokens(build, eos_ids):
-    """Our Stepper's greedy tokens per (precision, prompt name) on the default int4/int8 CPU folders."""
+def driver_tokens(build, eos_ids):
+    """Our ReferenceDriver's greedy tokens per (precision, prompt name) on the default int4/int8 CPU folders."""
     tokens = {}
     for precision in ("int4", "int8"):
-        stepper = Stepper(build("default", precision))
+        driver = ReferenceDriver(build("default", precision))
         for name, prompt in clients.PROMPTS.items():
-            tokens[precision, name] = clients.stepper_greedy(stepper, prompt, clients.NEW_TOKENS, eos_ids)
+            tokens[precision, name] = clients.driver_greedy(driver, prompt, clients.NEW_TOKENS, eos_ids)
     return tokens
 
 
 @pytest.mark.parametrize("precision", ["int4", "int8"])
-def test_genai_matches_stepper(build, stepper_tokens, eos_ids, precision):
+def test_genai_matches_reference_driver(build, driver_tokens, eos_ids, precision):
     model = clients.load_genai(build("default", precision))
     for name, prompt in clients.PROMPTS.items():
-        genai = clients.genai_greedy(model, prompt, clients.NEW_TOKENS)  # stops before EOS, the Stepper after it
-        assert clients.before_eos(genai, eos_ids) == clients.before_eos(stepper_tokens[precision, name], eos_ids), name
+        genai = clients.genai_greedy(model, prompt, clients.NEW_TOKENS)  # stops before EOS, our driver after it
+        assert clients.before_eos(genai, eos_ids) == clients.before_eos(driver_tokens[precision, name], eos_ids), name
 
 
 @pytest.mark.parametrize("precision", ["int4", "int8"])
-def test_transformers_js_matches_stepper(node, build, stepper_tokens, eos_ids, precision):
+def test_transformers_js_matches_reference_driver(node, build, driver_tokens, eos_ids, precision):
     # No dtype: config.json's transformers.js_config (q4 / q8) must pick the file by itself.
     generated = clients.run_transformers_js(node, build("default", precision), list(clients.PROMPTS.values()))
     assert {n: clients.before_eos(t, eos_ids) for n, t in zip(clients.PROMPTS, generated)} \
-        == {n: clients.before_eos(stepper_tokens[precision, n], eos_ids) for n in clients.PROMPTS}
+        == {n: clients.before_eos(driver_tokens[precision, n], eos_ids) for n in clients.PROMPTS}
 
 
 # --- bad input -----------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from lfm2_onnx.builder.export import export
 from lfm2_onnx.builder.options import BuildOptions
 from lfm2_onnx.builder.random_checkpoint import write_random_checkpoint
 from lfm2_onnx.builder.spec import load_spec
-from lfm2_onnx.builder.verify import compare, tokenize_prompts
-from test_graph import check_io, check_ops, load_graph
+from lfm2_onnx.builder.parity import compare, tokenize_prompts
+from test_graph_contract import check_io, check_ops, load_graph
 
 pytestmark = pytest.mark.slow
 

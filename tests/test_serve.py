@@ -22,7 +22,7 @@ openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
-from lfm2_onnx.generation import Lfm2Model  # noqa: E402
+from lfm2_onnx.lfm2_model import Lfm2Model  # noqa: E402
 
 KEY = "sk-test-0123456789"
 MAX_BATCH, MAX_LENGTH = 8, 512

@@ -70,7 +70,7 @@ class _State:
         self.name = config.model_name or _model_id(config.folder)
 
     def load(self) -> None:
-        from ..generation import Lfm2Model
+        from ..lfm2_model import Lfm2Model
 
         try:
             c = self.config

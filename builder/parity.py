@@ -4,6 +4,7 @@ The prompts go through the export as one right-padded batch and through transfor
 time, so a pass also shows that padding does not leak between rows. Decode steps feed both sides
 the reference's greedy token (teacher forcing), so every step compares logits for the same inputs;
 agreeing argmaxes at every step mean free-running greedy decoding yields the same tokens.
+`python -m lfm2_onnx.verify` and `build --verify` run this.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from lfm2_onnx.errors import UserError
-from lfm2_onnx.stepper import Stepper, read_genai_config
+from lfm2_onnx.reference_driver import ReferenceDriver, read_genai_config
 from lfm2_onnx.variants import write_manifest
 
 from .architectures import hf_classes
@@ -199,11 +200,11 @@ def _matmulnbits_levels(onnx_path: Path) -> list[int] | None:
     return [a.i for n in nodes for a in n.attribute if a.name == "accuracy_level"]
 
 
-def _thresholds_key(stepper: Stepper) -> str:
+def _thresholds_key(driver: ReferenceDriver) -> str:
     """Float exports: their activation precision. Quantized ones: MatMulNBits' compute type."""
-    levels = _matmulnbits_levels(stepper.path)
-    if levels is None or stepper.precision == "fp16":  # q4f16, q8f16: fp16 activations, fp16's limits
-        return stepper.precision
+    levels = _matmulnbits_levels(driver.path)
+    if levels is None or driver.precision == "fp16":  # q4f16, q8f16: fp16 activations, fp16's limits
+        return driver.precision
     return _ACCURACY_LEVEL_KEYS[max(levels, default=0)]
 
 
@@ -255,12 +256,12 @@ def _split_fused(weights: dict[str, np.ndarray], shapes: dict[str, tuple]) -> di
 
 def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: int = 32, ep: str = "cpu",
             reference=None, onnx_file: str | None = None) -> Report:
-    stepper = Stepper(folder, ep=ep, model_file=onnx_file)
-    precision = _thresholds_key(stepper)
+    driver = ReferenceDriver(folder, ep=ep, model_file=onnx_file)
+    precision = _thresholds_key(driver)
     model = reference if reference is not None else load_reference(checkpoint)
     refs = [reference_run(model, p, steps) for p in prompts]
 
-    prefill_logits, state = stepper.prefill(prompts)
+    prefill_logits, state = driver.prefill(prompts)
     prefill = PhaseStats("prefill")
     for row, (prompt, (ref_prefill, _, _)) in enumerate(zip(prompts, refs)):
         prefill.add(ref_prefill, prefill_logits[row, : len(prompt)])
@@ -269,7 +270,7 @@ def compare(folder: Path, checkpoint: Path, prompts: list[list[int]], *, steps: 
               for row, (p, (ref_prefill, _, _)) in enumerate(zip(prompts, refs))]
     for step in range(steps):
         tokens = np.array([ref_tokens[step] for _, _, ref_tokens in refs])
-        logits = stepper.decode(tokens, state)[:, -1]
+        logits = driver.decode(tokens, state)[:, -1]
         for row, (_, ref_steps, _) in enumerate(refs):
             decode.add(ref_steps[step], logits[row])
             greedy[row] = greedy[row] and ref_steps[step].argmax() == logits[row].argmax()

@@ -28,7 +28,7 @@ def read_genai_config(folder: Path) -> dict:
 
 
 @dataclass
-class StepState:
+class DriverState:
     """Caches (OrtValues, any dtype incl. bfloat16) and the attention mask of a batch between steps."""
 
     caches: dict  # past input name -> OrtValue
@@ -40,7 +40,7 @@ class StepState:
         return self.caches[name].numpy()
 
 
-class Stepper:
+class ReferenceDriver:
     def __init__(self, folder: str | Path, ep: str = "cpu", model_file: str | None = None):
         import onnxruntime as ort
 
@@ -85,7 +85,7 @@ class Stepper:
                 caches[name] = OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, dtype), element_type)
         return caches
 
-    def prefill(self, prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, StepState]:
+    def prefill(self, prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, DriverState]:
         """Run right-padded prompts; returns logits [B, S, V] and the state for decoding."""
         lengths = np.array([len(p) for p in prompts], dtype=np.int64)
         width = int(lengths.max())
@@ -94,17 +94,17 @@ class Stepper:
         for row, prompt in enumerate(prompts):
             ids[row, : len(prompt)] = prompt
             mask[row, : len(prompt)] = 1
-        state = StepState(self._empty_caches(len(prompts)), mask, lengths)
+        state = DriverState(self._empty_caches(len(prompts)), mask, lengths)
         return self._run(ids, state), state
 
-    def decode(self, tokens: np.ndarray, state: StepState) -> np.ndarray:
+    def decode(self, tokens: np.ndarray, state: DriverState) -> np.ndarray:
         """One new token per row; returns logits [B, 1, V]."""
         state.attention_mask = np.concatenate(
             [state.attention_mask, np.ones((len(tokens), 1), dtype=np.int64)], axis=1)
         state.lengths = state.lengths + 1
         return self._run(np.asarray(tokens, dtype=np.int64).reshape(-1, 1), state)
 
-    def _run(self, ids: np.ndarray, state: StepState) -> np.ndarray:
+    def _run(self, ids: np.ndarray, state: DriverState) -> np.ndarray:
         from onnxruntime import OrtValue
 
         feeds = {"input_ids": ids, "attention_mask": state.attention_mask}

@@ -1,4 +1,4 @@
-"""The runtime's derived graphs (lfm2_onnx.graphs) against the folder's own graph, on CPU."""
+"""The runtime's derived graphs (lfm2_onnx.runtime_graphs) against the folder's own graph, on CPU."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from lfm2_onnx import graphs
+from lfm2_onnx import runtime_graphs
 from lfm2_onnx.errors import UserError
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.session import DecoderSessions, ModelLayout
-from lfm2_onnx.stepper import Stepper
+from lfm2_onnx.reference_driver import ReferenceDriver
 
 PROMPTS = [[1, 45, 300, 17, 98, 412, 23, 77, 5, 640, 31], [1, 250, 9], [1, 88, 120, 700, 66, 15, 402]]
 
@@ -28,8 +28,8 @@ def sessions(layout):
 
 
 def test_uniform_graph_has_no_mask_regather_or_transposes(layout):
-    folder = graphs.load(layout.onnx_path)
-    uniform = graphs.uniform(folder)
+    folder = runtime_graphs.load(layout.onnx_path)
+    uniform = runtime_graphs.uniform(folder)
     ops = Counter(n.op_type for n in uniform.graph)
     inputs = [v.name for v in uniform.graph.inputs]
     outputs = [v.name for v in uniform.graph.outputs]
@@ -68,8 +68,8 @@ def _empty_state(sessions, batch):
 def test_uniform_graph_equals_folder_graph(sessions, layout, tiny_export):
     """Equal-length rows: scores = the folder's last-position logits, argmax and states equal too."""
     prompts = [PROMPTS[0], PROMPTS[0][::-1]]
-    stepper = Stepper(tiny_export)
-    logits, ref_state = stepper.prefill(prompts)
+    driver = ReferenceDriver(tiny_export)
+    logits, ref_state = driver.prefill(prompts)
     state = _empty_state(sessions, 2)
     ids = np.array(prompts, np.int64)
     cached = ids.shape[1]
@@ -82,13 +82,13 @@ def test_uniform_graph_equals_folder_graph(sessions, layout, tiny_export):
             np.testing.assert_allclose(state[layout.past_conv % i].transpose(0, 2, 1),
                                        ref_state.cache(layout.past_conv % i), atol=1e-5)
         tokens = out["next_token"]
-        logits = stepper.decode(tokens.reshape(-1), ref_state)
+        logits = driver.decode(tokens.reshape(-1), ref_state)
         cached += 1
         out = _uniform_run(sessions, layout, state, tokens, cached)
 
 
 def test_ragged_graph_takes_each_rows_last_token(sessions, layout, tiny_export):
-    logits, ref_state = Stepper(tiny_export).prefill(PROMPTS)
+    logits, ref_state = ReferenceDriver(tiny_export).prefill(PROMPTS)
     lengths = np.array([len(p) for p in PROMPTS])
     ids = np.zeros((len(PROMPTS), lengths.max()), np.int64)
     for row, prompt in enumerate(PROMPTS):
@@ -118,9 +118,9 @@ def test_cpu_keeps_one_session_for_every_batch(tiny_export):
 
 def test_one_upload_of_the_weights_covers_every_external_weight(layout):
     """What the CUDA sessions share: every external weight, uploaded once (here to host memory)."""
-    folder = graphs.load(layout.onnx_path)
-    names = {v.name for v in graphs.external_weights(folder)}
-    assert names and set(graphs.upload_weights(folder, "cpu")) == names
+    folder = runtime_graphs.load(layout.onnx_path)
+    names = {v.name for v in runtime_graphs.external_weights(folder)}
+    assert names and set(runtime_graphs.upload_weights(folder, "cpu")) == names
 
 
 def test_a_graph_it_cannot_specialise_is_a_one_line_error(tiny_export, tmp_path):

@@ -1,4 +1,4 @@
-"""The runtime (lfm2_onnx.generation) on CPU: tokens equal transformers', batches, streaming, errors."""
+"""The runtime (lfm2_onnx.lfm2_model) on CPU: tokens equal transformers', batches, streaming, errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from lfm2_onnx import engine
 from lfm2_onnx.errors import UserError
-from lfm2_onnx.generation import Lfm2Model
+from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.sampling import SamplingParams
 
 PROMPTS = [[1, 45, 300, 17, 98, 412, 23, 77, 5, 640, 31], [1, 250, 9], [1, 88, 120, 700, 66, 15, 402]]
@@ -188,7 +188,7 @@ def test_runtime_never_imports_torch(tiny_export):
     import subprocess
     import sys
 
-    code = ("import sys; from lfm2_onnx.generation import Lfm2Model; "
+    code = ("import sys; from lfm2_onnx.lfm2_model import Lfm2Model; "
             f"m = Lfm2Model.load({str(tiny_export)!r}); m.generate('hi', max_new_tokens=4); "
             "import lfm2_onnx.bench, lfm2_onnx.generate, lfm2_onnx.build, lfm2_onnx.verify; "
             "assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch imported'")
@@ -239,19 +239,19 @@ def test_prompt_forms(model):
         model.generate([3.5], max_new_tokens=4)
 
 
-def _stepper_greedy(folder, prompt: list[int], n: int, eos: set[int], ep: str = "cpu") -> list[int]:
+def _driver_greedy(folder, prompt: list[int], n: int, eos: set[int], ep: str = "cpu") -> list[int]:
     """The reference driver (the folder's own graph, no specialisation) on the same file."""
-    from lfm2_onnx.stepper import Stepper
+    from lfm2_onnx.reference_driver import ReferenceDriver
 
-    stepper = Stepper(folder, ep=ep)
-    logits, state = stepper.prefill([prompt])
+    driver = ReferenceDriver(folder, ep=ep)
+    logits, state = driver.prefill([prompt])
     tokens = []
     for _ in range(n):
         token = int(np.argmax(logits[0, -1]))
         if token in eos:
             break
         tokens.append(token)
-        logits = stepper.decode(np.array([token]), state)
+        logits = driver.decode(np.array([token]), state)
     return tokens
 
 
@@ -261,7 +261,7 @@ def test_runtime_equals_reference_driver_on_other_precisions(factory, tiny_check
     folder = factory.export(tiny_checkpoint, precision, "cpu")
     model = Lfm2Model.load(folder, max_length=128)
     eos = set(model.layout.eos_token_ids)
-    expected = [_stepper_greedy(folder, p, 24, eos) for p in PROMPTS]
+    expected = [_driver_greedy(folder, p, 24, eos) for p in PROMPTS]
     assert model.generate_ids([PROMPTS[0]], 24) == expected[:1]
     assert model.generate_ids(PROMPTS, 24) == expected
 
@@ -274,6 +274,6 @@ def test_cuda_runtime_equals_reference_driver(factory, tiny_checkpoint, precisio
     folder = factory.export(tiny_checkpoint, precision, "cuda")
     model = Lfm2Model.load(folder, ep="cuda", max_length=128)
     eos = set(model.layout.eos_token_ids)
-    expected = [_stepper_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
+    expected = [_driver_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
     assert [model.generate_ids([p], 24)[0] for p in PROMPTS] == expected
     assert model.generate_ids(PROMPTS, 24) == expected
