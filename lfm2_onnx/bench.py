@@ -1,12 +1,14 @@
 """python -m lfm2_onnx.bench FOLDER: time-to-first-token, time per output token and throughput.
 
     python -m lfm2_onnx.bench lfm2-350m-onnx --ep cuda --prompt-len 1024 --gen 128 [--batch 8] [--compare-genai]
+    python -m lfm2_onnx.bench ours-q4 --ep cpu --compare-genai --genai-folder genai-builder-q4
 
-Each engine runs in its own process on the same folder and the same random prompt tokens: ours
-(lfm2_onnx.lfm2_model) and, with --compare-genai, onnxruntime-genai. The floor is the time to read
-every weight once: weight bytes / bandwidth measured in this run (a device copy on CUDA; on CPU, reads
-of a host buffer by as many threads as cores, the way a decode step reads its weights). A benchmark,
-not a test.
+Each engine runs in its own process on the same random prompt tokens: ours (lfm2_onnx.lfm2_model)
+and, with --compare-genai, onnxruntime-genai on the same folder; with --genai-folder, also
+onnxruntime-genai on another export of the same model (its own builder's, say). The floor is the time
+to read every weight once: weight bytes / bandwidth measured in this run (a device copy on CUDA; on
+CPU, reads of a host buffer by as many threads as cores, the way a decode step reads its weights).
+A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -182,8 +184,8 @@ def weight_bytes(layout: ModelLayout) -> int:
     return sum(f.stat().st_size for f in onnx_dir.glob(layout.onnx_path.name + "*"))
 
 
-def _engine_subprocess(engine: str, args) -> dict:
-    cmd = [sys.executable, "-m", "lfm2_onnx.bench", args.folder, "--ep", args.ep, "--prompt-len",
+def _engine_subprocess(engine: str, args, folder: str) -> dict:
+    cmd = [sys.executable, "-m", "lfm2_onnx.bench", folder, "--ep", args.ep, "--prompt-len",
            str(args.prompt_len), "--gen", str(args.gen), "--batch", str(args.batch), "--runs", str(args.runs),
            "--engine", engine]
     print(f"running {engine} ...", file=sys.stderr, flush=True)
@@ -205,6 +207,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--batch", type=int, default=1, help="prompts decoded together; default 1")
     p.add_argument("--runs", type=int, default=3, help="timed runs after one warm-up (medians reported)")
     p.add_argument("--compare-genai", action="store_true", help="also run onnxruntime-genai on the same folder")
+    p.add_argument("--genai-folder", help="also run onnxruntime-genai on this folder: another export of the same "
+                   "model, e.g. onnxruntime-genai's own builder's (row 'genai-folder')")
     p.add_argument("--engine", choices=["ours", "ours-nograph", "genai"], help=argparse.SUPPRESS)  # internal
     p.add_argument("--json", type=Path, help="also write the results here")
     return p
@@ -219,6 +223,9 @@ def main(argv=None) -> int:
     if args.batch < 1 or args.runs < 1:
         raise UserError("--batch and --runs must be at least 1")
     check_ep_flag(args.ep)
+    if args.genai_folder and ModelLayout.from_folder(args.genai_folder).vocab_size != layout.vocab_size:
+        raise UserError(f"--genai-folder {args.genai_folder} has another vocabulary than {args.folder}: "
+                        "pass an export of the same model")
     prompts = prompts_for(layout.vocab_size, args.batch, args.prompt_len)
     if args.engine:  # one engine in this process; the parent collects the JSON line
         if args.engine == "genai":
@@ -229,7 +236,9 @@ def main(argv=None) -> int:
         return 0
     # On CUDA also without graphs: what capture/replay buys, and a number even if capture fails.
     engines = ["ours"] + (["ours-nograph"] if args.ep == "cuda" else []) + (["genai"] if args.compare_genai else [])
-    results = {e: _engine_subprocess(e, args) for e in engines}
+    results = {e: _engine_subprocess(e, args, args.folder) for e in engines}
+    if args.genai_folder:
+        results["genai-folder"] = _engine_subprocess("genai", args, args.genai_folder)
     print("measuring memory bandwidth ...", file=sys.stderr, flush=True)
     bandwidth = copy_bandwidth(args.ep, weight_bytes(layout)) if args.ep == "cpu" else copy_bandwidth(args.ep)
     floor_ms = weight_bytes(layout) / bandwidth * 1e3

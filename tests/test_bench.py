@@ -1,6 +1,9 @@
-"""lfm2_onnx.bench: the CLI runs end to end on CPU, says what it is doing, and its probe stays small."""
+"""lfm2_onnx.bench: the CLI runs end to end on CPU, says what it is doing, its probe stays small, and
+--genai-folder runs onnxruntime-genai on another export (timings are not asserted)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 
@@ -24,3 +27,22 @@ def test_cpu_bench_prints_progress_and_a_floor(tiny_export, capsys):
     ours = next(line for line in out.splitlines() if line.startswith("ours"))
     floor = next(line for line in out.splitlines() if line.startswith("floor"))
     assert float(ours.split()[2]) > 0 and "read bandwidth" in floor and float(floor.split()[1]) > 0
+
+
+def test_genai_folder_runs_genai_on_the_other_export(tiny_export, factory, tmp_path):
+    other = factory.export(factory.checkpoint(seed=1))  # another export of a model with the same vocabulary
+    out = tmp_path / "bench.json"
+    assert bench.main([str(tiny_export), "--prompt-len", "4", "--gen", "3", "--runs", "1",
+                       "--genai-folder", str(other), "--json", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {"ours", "genai-folder"}
+    for engine in results.values():
+        assert "error" not in engine, engine
+        assert engine["new_tokens"] == 3 and engine["tokens_per_s"] > 0
+
+
+def test_genai_folder_of_another_vocabulary_is_refused(tiny_export, factory, capsys):
+    other = factory.export(factory.checkpoint(vocab_size=1024))
+    assert bench.main([str(tiny_export), "--genai-folder", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --genai-folder ") and "another vocabulary" in err and err.count("\n") == 1
