@@ -1,14 +1,13 @@
 """Where a CPU decode step's time goes, per operator type (onnxruntime's session profiling).
 
-    python benchmarks/cpu_op_profile.py EXPORT_FOLDER [--runtime ours|ours-files|file] [--model-file F]
+    python benchmarks/cpu_op_profile.py EXPORT_FOLDER [--runtime ours|file] [--model-file F]
         [--prompt-len 128] [--gen 32] [--no-profile]
 
---runtime ours: lfm2_onnx.generation as the benchmark runs it (weights uploaded once and handed to
-the sessions); ours-files: the same, but each session reads the data files itself; file: one plain
-onnxruntime session on the folder's ONNX file (the way onnxruntime-genai loads it), stepped by
-lfm2_onnx.stepper. Prints the median decode step without
-profiling, then a profiled generation's decode steps (the prefill run left out) summed by op type,
-and the process's peak RSS. A benchmark, not a test; run one at a time.
+--runtime ours: lfm2_onnx.generation as the benchmark runs it; file: one plain onnxruntime session
+on the folder's ONNX file (the way onnxruntime-genai loads it), stepped by lfm2_onnx.stepper; with
+--model-file, a variant graph saved beside the original (e.g. another QMoE accuracy_level). Prints
+the median decode step without profiling, then a profiled generation's decode steps (the prefill
+run left out) summed by op type, and the process's peak RSS. A benchmark, not a test; run one at a time.
 """
 
 from __future__ import annotations
@@ -41,12 +40,8 @@ def profiled_options(prefix: str):
 
 def generate(folder: str, runtime: str, prompt: list[int], gen: int, model_file: str | None = None):
     """(loaded engine, step function): step() runs prefill + gen-1 decode steps, returns decode step seconds."""
-    if runtime in ("ours", "ours-files"):
-        from lfm2_onnx import graphs
+    if runtime == "ours":
         from lfm2_onnx.generation import Lfm2Model
-
-        if runtime == "ours-files":  # no weights handed over: the session reads the data files itself
-            graphs.upload_weights = lambda model, device: {}
         from lfm2_onnx.sampling import SamplingParams
 
         model = Lfm2Model.load(folder, ep="cpu", max_length=len(prompt) + gen + 8)
@@ -89,9 +84,8 @@ def by_op(profile: Path) -> tuple[collections.Counter, int]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("folder")
-    p.add_argument("--runtime", choices=["ours", "ours-files", "file"], default="ours",
-                   help="ours: the runtime as it is; ours-files: the same without the weights handed over to "
-                   "the session; file: a plain session on the folder's file")
+    p.add_argument("--runtime", choices=["ours", "file"], default="ours",
+                   help="ours: the runtime as the benchmark runs it; file: a plain session on the folder's file")
     p.add_argument("--prompt-len", type=int, default=128)
     p.add_argument("--gen", type=int, default=32)
     p.add_argument("--no-profile", action="store_true", help="only the unprofiled decode step time and peak RSS")
