@@ -3,8 +3,8 @@
     python benchmarks/cpu_op_profile.py EXPORT_FOLDER [--runtime ours|file] [--model-file F]
         [--prompt-len 128] [--gen 32] [--no-profile]
 
---runtime ours: lfm2_onnx.generation as the benchmark runs it; file: one plain onnxruntime session
-on the folder's ONNX file (the way onnxruntime-genai loads it), stepped by lfm2_onnx.stepper; with
+--runtime ours: lfm2_onnx.lfm2_model as the benchmark runs it; file: one plain onnxruntime session
+on the folder's ONNX file (the way onnxruntime-genai loads it), stepped by lfm2_onnx.reference_driver; with
 --model-file, a variant graph saved beside the original (e.g. another QMoE accuracy_level). Prints
 the median decode step without profiling, then a profiled generation's decode steps (the prefill
 run left out) summed by op type, and the process's peak RSS. A benchmark, not a test; run one at a time.
@@ -41,7 +41,7 @@ def profiled_options(prefix: str):
 def generate(folder: str, runtime: str, prompt: list[int], gen: int, model_file: str | None = None):
     """(loaded engine, step function): step() runs prefill + gen-1 decode steps, returns decode step seconds."""
     if runtime == "ours":
-        from lfm2_onnx.generation import Lfm2Model
+        from lfm2_onnx.lfm2_model import Lfm2Model
         from lfm2_onnx.sampling import SamplingParams
 
         model = Lfm2Model.load(folder, ep="cpu", max_length=len(prompt) + gen + 8)
@@ -55,19 +55,19 @@ def generate(folder: str, runtime: str, prompt: list[int], gen: int, model_file:
                 last = now
             return times
         return model, run
-    from lfm2_onnx.stepper import Stepper
+    from lfm2_onnx.reference_driver import ReferenceDriver
 
-    stepper = Stepper(folder, "cpu", model_file)
+    driver = ReferenceDriver(folder, "cpu", model_file)
 
     def run():
-        logits, state = stepper.prefill([prompt])
+        logits, state = driver.prefill([prompt])
         times = []
         for _ in range(gen - 1):
             start = time.perf_counter()
-            logits = stepper.decode(logits[:, -1].argmax(-1), state)
+            logits = driver.decode(logits[:, -1].argmax(-1), state)
             times.append(time.perf_counter() - start)
         return times
-    return stepper, run
+    return driver, run
 
 
 def by_op(profile: Path) -> tuple[collections.Counter, int]:
