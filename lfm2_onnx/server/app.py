@@ -376,12 +376,8 @@ class _Chat:
         return deltas
 
     def _chunk(self, delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
-        chunk = {**self.head, "object": "chat.completion.chunk",
-                 "choices": [] if delta is None else [{"index": 0, "delta": delta, "logprobs": None,
-                                                       "finish_reason": finish}]}
-        if usage is not None or (self.body.stream_options and self.body.stream_options.include_usage):
-            chunk["usage"] = usage
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        choice = None if delta is None else {"delta": delta}
+        return _sse_chunk(self.head, "chat.completion.chunk", choice, finish, self.body, usage)
 
     async def chunks(self) -> AsyncIterator[str]:
         calls: list = []
@@ -415,6 +411,16 @@ class _Chat:
                 "usage": _usage(self.job)}
 
 
+
+def _sse_chunk(head: dict, kind: str, choice: dict | None, finish: str | None, body, usage: dict | None) -> str:
+    """One streamed event; choice None is the usage-only chunk. With include_usage every chunk carries
+    `usage` (null until the last one), as OpenAI sends it."""
+    chunk = {**head, "object": kind,
+             "choices": [] if choice is None else [{"index": 0, **choice, "logprobs": None, "finish_reason": finish}]}
+    if usage is not None or (body.stream_options and body.stream_options.include_usage):
+        chunk["usage"] = usage
+    return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
 class _Completion:
     def __init__(self, state: _State, job: Job, text: TextStream, body: CompletionRequest):
         self.state, self.job, self.body = state, job, body
@@ -422,12 +428,8 @@ class _Completion:
         self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.name}
 
     def _chunk(self, text: str | None, finish: str | None = None, usage: dict | None = None) -> str:
-        chunk = {**self.head, "object": "text_completion",
-                 "choices": [] if text is None else [{"index": 0, "text": text, "logprobs": None,
-                                                      "finish_reason": finish}]}
-        if usage is not None or (self.body.stream_options and self.body.stream_options.include_usage):
-            chunk["usage"] = usage
-        return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        choice = None if text is None else {"text": text}
+        return _sse_chunk(self.head, "text_completion", choice, finish, self.body, usage)
 
     async def chunks(self) -> AsyncIterator[str]:
         try:
