@@ -411,7 +411,6 @@ class _Chat:
                 "usage": _usage(self.job)}
 
 
-
 def _sse_chunk(head: dict, kind: str, choice: dict | None, finish: str | None, body, usage: dict | None) -> str:
     """One streamed event; choice None is the usage-only chunk. With include_usage every chunk carries
     `usage` (null until the last one), as OpenAI sends it."""
@@ -420,6 +419,7 @@ def _sse_chunk(head: dict, kind: str, choice: dict | None, finish: str | None, b
     if usage is not None or (body.stream_options and body.stream_options.include_usage):
         chunk["usage"] = usage
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+
 
 class _Completion:
     def __init__(self, state: _State, job: Job, text: TextStream, body: CompletionRequest):
