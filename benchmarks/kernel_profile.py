@@ -51,7 +51,7 @@ def step_us(model: Lfm2Model, prompt: list[int], steps: int) -> float:
     return float(np.median(times[20:])) * 1e6
 
 
-def profile(model: Lfm2Model, prompt: list[int], steps: int = 20) -> None:
+def profile(model: Lfm2Model, prompt: list[int], steps: int = 20, rows: int = 30) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
@@ -65,13 +65,13 @@ def profile(model: Lfm2Model, prompt: list[int], steps: int = 20) -> None:
         for i in range(steps):
             decode_once(model, i % 2)
             caches.ids[1 - i % 2].value.numpy()
-    rows = [(e.key, e.count / steps, e.device_time_total / steps) for e in prof.key_averages()
-            if e.device_time_total > 0]
-    rows.sort(key=lambda r: -r[2])
-    total_us, kernels = sum(r[2] for r in rows), sum(r[1] for r in rows)
+    table = [(e.key, e.count / steps, e.device_time_total / steps) for e in prof.key_averages()
+             if e.device_time_total > 0]
+    table.sort(key=lambda r: -r[2])
+    total_us, kernels = sum(r[2] for r in table), sum(r[1] for r in table)
     print(f"  kernels per step {kernels:.0f}, kernel time per step {total_us:.0f} us")
-    for name, count, us in rows[:30]:
-        print(f"    {us:8.1f} us {count:6.1f}x  {name[:110]}")
+    for name, count, us in table[:rows]:
+        print(f"    {us:8.1f} us {count:6.1f}x  {name[:150]}")
 
 
 def nvml_used_mb() -> float:
@@ -92,10 +92,12 @@ def main() -> None:
     p.add_argument("folder")
     p.add_argument("--prompt-len", type=int, default=1024)
     p.add_argument("--steps", type=int, default=200)
+    p.add_argument("--variants", default="uniform,no-chlast", help="comma-separated: uniform, no-chlast")
+    p.add_argument("--rows", type=int, default=30, help="kernels listed per profile")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     capacity = args.prompt_len + args.steps + 64
-    for variant in ("uniform", "no-chlast"):
+    for variant in args.variants.split(","):
         model = load(args.folder, variant, capacity, cuda_graph=True)
         prompt = [1] + rng.integers(100, model.layout.vocab_size, args.prompt_len - 1).tolist()
         print(f"--- {variant}: greedy step with CUDA graph replay {step_us(model, prompt, args.steps):.1f} us")
@@ -106,7 +108,7 @@ def main() -> None:
             print(f"  ragged session added {nvml_used_mb() - before:.0f} MB device memory "
                   f"(weights ~{weights / 2**20:.0f} MB if fp16)")
         del model
-        profile(load(args.folder, variant, capacity, cuda_graph=False), prompt)
+        profile(load(args.folder, variant, capacity, cuda_graph=False), prompt, rows=args.rows)
 
 
 if __name__ == "__main__":
