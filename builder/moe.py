@@ -7,10 +7,11 @@ LFM2-MoE routes with sigmoid scores (transformers' Lfm2MoeTopKRouter):
 The fused ops only weight experts by a softmax over the top-k of their `router_probs` input. So the
 router runs here, in fp32 whatever the export's precision (its [H, E] matrix is tiny; fp32 keeps the
 choice among near-equal scores the same as transformers'), and hands the op
-    router_probs = log(w) - max log(w) at the chosen experts, SENTINEL elsewhere,
+    router_probs = log(w / sum(w)) at the chosen experts, -inf elsewhere,
 whose top-k is exactly the chosen set and whose softmax is w / sum(w). What the softmax cannot
 express is applied to the op's output, per token:
     sum(w) / (sum(w) + 1e-6) * scaling   (norm_topk_prob)   or   sum(w) * scaling   (not)
+(the 1e-6 correction only in fp32 exports: _route says why).
 This one formulation serves every EP and precision: QMoE's separate `router_weights` input would
 carry w directly, but onnxruntime's CUDA QMoE ignores it (1.31), and one graph shape is easier to
 trust than two.
@@ -31,8 +32,6 @@ from .blocks import MS, Context
 from .quantize import Scheme, OneQuantization, quantize_blockwise
 from .weights import to_numpy
 
-# Below any shifted log(w) of a chosen expert (w is floored at 1e-30: -69 at the least); fp16 holds it.
-SENTINEL = -1.0e4
 _FLOOR = 1e-30
 _NORM_EPS = 1e-6  # transformers' Lfm2MoeTopKRouter
 # onnxruntime-gpu 1.31's QMoE tiles the interleaved weights' K by 64 (it refuses other widths at run time).
@@ -48,16 +47,22 @@ def moe(ctx: Context, i: int, h: ir.Value) -> ir.Value:
         router_probs, output_scale = _route(ctx, rows, p)
     with g.scope("experts"):
         mixed = _experts(ctx, rows, router_probs, p)
-    scaled = g.op("Mul", mixed, output_scale, name="route_scale")
+    scaled = mixed if output_scale is None else g.op("Mul", mixed, output_scale, name="route_scale")
     shape = g.op("Shape", h)
     return g.op("Reshape", scaled, shape, name="unflatten")
 
 
-def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value]:
-    """(router_probs [T, E] in the op's dtype, per-token output factor [T, 1] in the io dtype)."""
+def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | None]:
+    """(router_probs [T, E] in the op's dtype, per-token output factor [T, 1] in the io dtype, or None).
+
+    Decode is latency-bound: at batch 1 each of these nodes is one small kernel, and on the H200 the
+    router's ~22 kernels per layer took a third of a q4f16 step (BENCHMARKS.md, MoE kernel profile).
+    So the chosen set is a mask (scores at or above the k-th largest biased score), not a gather and
+    a scatter, and the output factor is left out where the export's precision can't see it.
+    """
     g, moe = ctx.g, ctx.spec.moe
-    fp32 = ir.DataType.FLOAT
-    x = rows if ctx.opts.io_dtype == fp32 else g.op("Cast", rows, to=fp32)
+    fp32, io = ir.DataType.FLOAT, ctx.opts.io_dtype
+    x = rows if io == fp32 else g.op("Cast", rows, to=fp32)
     gate = g.weight(f"{p}.gate.weight.T", fp32, (ctx.spec.hidden_size, moe.num_experts),
                     lambda: to_numpy(ctx.w.ckpt.load(f"{p}.gate.weight").T, "fp32"))
     scores = g.op("Sigmoid", g.op("MatMul", x, gate, name="gate"), name="scores")  # [T, E]
@@ -66,24 +71,35 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value]:
         bias = g.weight(f"{p}.expert_bias", fp32, (moe.num_experts,),
                         lambda: to_numpy(ctx.w.ckpt.load(f"{p}.expert_bias"), "fp32"))
         choosing = g.op("Add", scores, bias, name="biased_scores")  # the bias selects, it never weights
-    _, chosen = g.op("TopK", choosing, g.i64(moe.experts_per_token), axis=-1, largest=1, sorted=1, outputs=2,
-                     name="top_k")
-    weights = g.op("GatherElements", scores, chosen, axis=1, name="chosen_scores")  # [T, k]
-    total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # [T, 1]
-    if moe.norm_topk_prob:
-        factor = g.op("Div", total, g.op("Add", total, g.const(np.float32(_NORM_EPS))), name="norm_correction")
-    else:
+    k = moe.experts_per_token
+    top, _ = g.op("TopK", choosing, g.i64(k), axis=-1, largest=1, sorted=1, outputs=2, name="top_k")
+    kth = g.op("Slice", top, g.i64(k - 1), g.i64(k), g.i64(1), name="kth_score")  # [T, 1]
+    # Only an exact tie with the k-th score marks more than k experts (torch.topk's pick among exact
+    # ties is unspecified too).
+    chosen = g.op("GreaterOrEqual", choosing, kth, name="chosen")
+    floored = g.op("Max", scores, g.const(np.float32(_FLOOR)), name="floored_scores")
+    weights = g.op("Where", chosen, floored, g.const(np.float32(0.0)), name="chosen_weights")  # w, 0 elsewhere
+    total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # sum(w) [T, 1]
+    # log(w / sum(w)): the op's softmax of it is w / sum(w); -inf (log 0) at the other experts, which
+    # neither top-k nor softmax can pick; and the largest is at least -log(k), where fp16 resolves it
+    # finely (plain log(w) of small scores lost up to 0.1% of a weight in fp16).
+    probs = g.op("Log", g.op("Div", weights, total), name="router_probs")
+    if io != fp32:
+        probs = g.op("Cast", probs, to=io, name="router_probs_cast")
+
+    # What the op's softmax (w / sum(w)) leaves out, per token.
+    factor = None
+    if not moe.norm_topk_prob:
         factor = total  # the op's softmax divided by sum(w): multiply it back
+    elif io == fp32:
+        # sum(w) / (sum(w) + 1e-6) is within 1e-6 / sum(w) of 1: below fp16/bf16's rounding of the
+        # output unless the chosen scores sum below ~2e-3, so only fp32 exports spend kernels on it.
+        factor = g.op("Div", total, g.op("Add", total, g.const(np.float32(_NORM_EPS))), name="norm_correction")
     if moe.routed_scaling_factor != 1.0:
-        factor = g.op("Mul", factor, g.const(np.float32(moe.routed_scaling_factor)), name="scaling")
-    # Shifted so the largest is exactly 0: fp16 holds values near 0 most finely.
-    log_w = g.op("Log", g.op("Max", weights, g.const(np.float32(_FLOOR))), name="log_weights")
-    log_w = g.op("Sub", log_w, g.op("ReduceMax", log_w, g.i64(-1), keepdims=1), name="log_weights_shifted")
-    background = g.op("Expand", g.const(np.float32(SENTINEL)), g.op("Shape", scores), name="sentinel")
-    probs = g.op("ScatterElements", background, chosen, log_w, axis=1, name="router_probs")
-    if ctx.opts.io_dtype != fp32:
-        probs = g.op("Cast", probs, to=ctx.opts.io_dtype, name="router_probs_cast")
-        factor = g.op("Cast", factor, to=ctx.opts.io_dtype, name="scale_cast")
+        scaling = g.const(np.float32(moe.routed_scaling_factor))
+        factor = scaling if factor is None else g.op("Mul", factor, scaling, name="scaling")
+    if factor is not None and io != fp32:
+        factor = g.op("Cast", factor, to=io, name="scale_cast")
     return probs, factor
 
 
