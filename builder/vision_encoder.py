@@ -126,11 +126,12 @@ class VisionSpec:
             layer_norm_eps=_positive_float(v, "layer_norm_eps", "vision_config."),
             hidden_act=_activation(v, "hidden_act", "vision_config."),
             use_head=_bool(v, "vision_use_head", "vision_config."),
-            downsample_factor=_positive_int(top, "downsample_factor", ""),
-            projector_hidden_size=_positive_int(top, "projector_hidden_size", ""),
-            projector_bias=_bool(top, "projector_bias", ""),
-            projector_hidden_act=_activation(top, "projector_hidden_act", ""),
-            projector_use_layernorm=_bool(top, "projector_use_layernorm", ""),
+            downsample_factor=_positive_int(top, "downsample_factor"),
+            projector_hidden_size=_positive_int(top, "projector_hidden_size"),
+            projector_bias=_bool(top, "projector_bias"),
+            projector_hidden_act=_activation(top, "projector_hidden_act"),
+            projector_use_layernorm=_bool(top, "projector_use_layernorm"),
+            # Lfm2Config's spelling: hidden_size, or the legacy block_dim
             text_hidden_size=_positive_int({"hidden_size": text.get("hidden_size", text.get(
                 "block_dim", TEXT_HIDDEN_DEFAULT))}, "hidden_size", "text_config."),
         )
@@ -143,28 +144,28 @@ class VisionSpec:
         return spec
 
 
-def _positive_int(fields: dict, key: str, where: str) -> int:
+def _positive_int(fields: dict, key: str, where: str = "") -> int:
     value = fields[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UserError(f"config.json: {where}{key}={value!r}; it must be a positive integer")
     return value
 
 
-def _positive_float(fields: dict, key: str, where: str) -> float:
+def _positive_float(fields: dict, key: str, where: str = "") -> float:
     value = fields[key]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise UserError(f"config.json: {where}{key}={value!r}; it must be a positive number")
     return float(value)
 
 
-def _bool(fields: dict, key: str, where: str) -> bool:
+def _bool(fields: dict, key: str, where: str = "") -> bool:
     value = fields[key]
     if not isinstance(value, bool):
         raise UserError(f"config.json: {where}{key}={value!r}; it must be true or false")
     return value
 
 
-def _activation(fields: dict, key: str, where: str) -> str:
+def _activation(fields: dict, key: str, where: str = "") -> str:
     value = fields[key]
     if value not in GELU_APPROXIMATIONS:
         raise UserError(f"config.json: {where}{key}={value!r} is not supported; choose one of "
@@ -345,7 +346,10 @@ def attention_bias(ctx: VisionContext, pixel_mask: ir.Value) -> ir.Value:
                                 "bf16": torch.bfloat16}[ctx.opts.float_precision]).min)
     with g.scope("attention_bias"):
         real = g.op("Cast", pixel_mask, to=ir.DataType.BOOL)
-        bias = g.op("Where", real, ctx.scalar(0.0), ctx.scalar(lowest))
+        # Chosen in fp32 (the io dtype's lowest is exact there), then cast: Where has float kernels everywhere.
+        bias = g.op("Where", real, g.const(np.float32(0)), g.const(np.float32(lowest)))
+        if ctx.opts.io_dtype != ir.DataType.FLOAT:
+            bias = g.op("Cast", bias, to=ctx.opts.io_dtype)
         return g.op("Unsqueeze", bias, g.i64(1, 2), name="key_padding_bias")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import pytest
 
@@ -292,7 +293,8 @@ def test_fp16_features_close_to_fp32(tmp_path):
 def test_io_contract_is_what_transformers_js_feeds(tmp_path, precision, ep, io):
     write_tiny_vl_checkpoint(tmp_path)
     spec = VisionSpec.from_config(json.loads((tmp_path / "config.json").read_text()))
-    graph = build_vision_encoder(spec, Checkpoint(tmp_path), BuildOptions(precision, ep)).graph
+    model = build_vision_encoder(spec, Checkpoint(tmp_path), BuildOptions(precision, ep))
+    graph = model.graph
     inputs = {v.name: (v.dtype, list(v.shape)) for v in graph.inputs}
     assert inputs == {
         "pixel_values": (ir.DataType.FLOAT, ["num_images", "num_patches", spec.patch_dim]),
@@ -304,9 +306,30 @@ def test_io_contract_is_what_transformers_js_feeds(tmp_path, precision, ep, io):
     assert not any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in graph)
     weights = {v.const_value.dtype for v in graph.initializers.values() if v.name.startswith("model.")}
     assert weights == {io}
+    onnx.checker.check_model(ir.to_proto(model), full_check=True)  # strict types: bf16 can't run on this CPU
 
 
 def test_quantized_precision_runs_the_float_graph(case):
     folder, model, encoder = case
     pixels, mask, shapes = image_batch(GRIDS[encoder.spec.downsample_factor], encoder.spec.patch_dim)
     np.testing.assert_array_equal(Encoder(folder, "int4")(pixels, mask, shapes), encoder(pixels, mask, shapes))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
+                    reason="needs onnxruntime-gpu and a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "int4"])  # bf16: benchmarks/vision_encoder.py reads it
+def test_cuda_features_close_to_transformers(case, precision):
+    """On the GPU, int4 exports included (their vision encoder is fp16 there)."""
+    folder, model, encoder = case
+    pixels, mask, shapes = image_batch(GRIDS[encoder.spec.downsample_factor], encoder.spec.patch_dim)
+    expected = reference_features(model, pixels, mask, shapes)
+    built = build_vision_encoder(encoder.spec, Checkpoint(folder), BuildOptions(precision, "cuda"))
+    path = folder / f"vision_encoder_{precision}_cuda_run.onnx"
+    save_with_external_data(built, path, progress=False)
+    session = ort.InferenceSession(str(path), providers=["CUDAExecutionProvider"])
+    got = session.run(None, {"pixel_values": pixels.numpy(), "pixel_attention_mask": mask.numpy(),
+                             "spatial_shapes": shapes.numpy()})[0].astype(np.float32)
+    cosine = (got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected)
+    assert cosine > 0.99999
+    assert np.abs(got - expected).max() < 5e-3 * max(1.0, np.abs(expected).max())
