@@ -15,10 +15,16 @@ extends LlavaForConditionalGeneration: `pick(inputs, session.inputNames)`, outpu
   image_features        io dtype [T, text hidden]  images in order, each image's tokens row-major;
                                                transformers.js copies these bytes into inputs_embeds
                                                as they are, so the dtype must be embed_tokens' output's
-onnxruntime-genai 0.18's lfm2_vl pipeline takes the vision model's input names from genai_config's
-model.vision.inputs and its output name from model.vision.outputs.image_features (configurable, so
-these names serve it too); it wants the mask and spatial shapes as int64 and pixel_values as float or
-float16 (it casts to the input's declared type), and reads image_features as [T, hidden].
+onnxruntime-genai 0.18's lfm2_vl pipeline names the vision model's inputs in genai_config.json:
+model.vision.inputs takes the keys pixel_values, attention_mask and image_sizes (its config parser
+refuses pixel_attention_mask and spatial_shapes as keys), so the folder's genai_config maps
+{"pixel_values": "pixel_values", "attention_mask": "pixel_attention_mask", "image_sizes":
+"spatial_shapes"} and model.vision.outputs {"image_features": "image_features"}, with
+model.vision.patch_size, spatial_merge_size (= downsample_factor) and max_num_patches beside them.
+Its C++ processor's messages say it wants the mask and sizes as int64 and pixel_values as float or
+float16, and it patchifies to [N, max_num_patches, C*P*P] itself; that it fills image_sizes with
+patch rows and columns, as spatial_shapes holds, is for the folder's onnxruntime-genai client test
+to confirm (not checked here).
 """
 
 from __future__ import annotations
@@ -301,6 +307,10 @@ def position_embeddings(ctx: VisionContext, pixel_values: ir.Value, spatial_shap
     transformers' Siglip2VisionEmbeddings.resize_positional_embeddings computes them (a triangle
     filter widened by the downscale factor, normalised), then one MatMul with the fp32 table. Padding
     slots take cell (0, 0)'s embedding, as there (their outputs are dropped later).
+
+    ONNX Resize(mode=linear, antialias=1, half_pixel) is not a substitute: onnxruntime 1.32's kernel
+    differs from torch by up to 0.33 on a N(0, 1) 16x16 table when downscaling (e.g. to 7x40), and
+    one Resize can't give each image of a batch its own size.
     """
     g, grid = ctx.g, ctx.spec.position_grid
     f32 = ir.DataType.FLOAT
