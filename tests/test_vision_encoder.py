@@ -333,3 +333,31 @@ def test_cuda_features_close_to_transformers(case, precision):
     cosine = (got * expected).sum() / np.linalg.norm(got) / np.linalg.norm(expected)
     assert cosine > 0.99999
     assert np.abs(got - expected).max() < 5e-3 * max(1.0, np.abs(expected).max())
+
+
+def test_transformers_js_runtime_runs_it(case):
+    """transformers.js 4.3.1's bundled onnxruntime-node, fed as its Lfm2VlImageProcessor feeds (float32
+    pixels, int64 mask and shapes), loads the graph and computes the same features."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    clients = Path(__file__).parent / "clients"
+    node = shutil.which("node")
+    if node is None or not (clients / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.skip("needs node and tests/clients/install.sh (transformers.js)")
+    folder, model, encoder = case
+    pixels, mask, shapes = image_batch(GRIDS[encoder.spec.downsample_factor], encoder.spec.patch_dim)
+    inputs = {name: {"dims": list(t.shape), "data": t.flatten().tolist()}
+              for name, t in {"pixel_values": pixels, "pixel_attention_mask": mask, "spatial_shapes": shapes}.items()}
+    (folder / "js_inputs.json").write_text(json.dumps(inputs))
+    result = subprocess.run([node, str(clients / "vision_encoder.mjs"), "--model",
+                             str(folder / "vision_encoder_fp32_cpu.onnx"), "--inputs", str(folder / "js_inputs.json")],
+                            cwd=clients, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["versions"]["transformers_js"] == "4.3.1"
+    assert report["inputNames"] == ["pixel_values", "pixel_attention_mask", "spatial_shapes"]
+    assert report["outputNames"] == ["image_features"] and report["type"] == "float32"
+    got = np.array(report["data"], dtype=np.float32).reshape(report["dims"])
+    np.testing.assert_allclose(got, reference_features(model, pixels, mask, shapes), rtol=0, atol=1e-4)
