@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from lfm2_onnx.errors import UserError
 
-from .spec import MoeSpec, dense_ff_dim
+from .spec import VL_ARCHITECTURE, MoeSpec, dense_ff_dim
 
 
 @dataclass(frozen=True)
@@ -80,9 +80,14 @@ ARCHITECTURES = {
     for arch in (
         Architecture("Lfm2ForCausalLM", "lfm2", "lfm2", "Lfm2ForCausalLM", "Lfm2Config", _dense),
         Architecture("Lfm2MoeForCausalLM", "lfm2_moe", "lfm2_moe", "Lfm2MoeForCausalLM", "Lfm2MoeConfig", _moe),
+        # LFM2-VL: an LFM2 decoder (text_config, read by spec.py) behind a SigLIP2 vision tower;
+        # exported as three graphs (vl.py). Its feed-forward fields are text_config's.
+        Architecture(VL_ARCHITECTURE, "lfm2_vl", "lfm2_vl", "Lfm2VlForConditionalGeneration", "Lfm2VlConfig",
+                     _dense),
     )
 }
 _BY_MODEL_TYPE = {arch.model_type: arch for arch in ARCHITECTURES.values()}
+_BY_MODEL_TYPE["lfm2-vl"] = ARCHITECTURES[VL_ARCHITECTURE]  # LiquidAI's remote-code config spelling
 
 
 def architecture_of(config: dict) -> Architecture:

@@ -111,22 +111,34 @@ def rotary_caches(ctx: Context) -> None:
     ctx.cos_cache, ctx.sin_cache = caches
 
 
-def conv_state_index(ctx: Context, input_ids: ir.Value, attention_mask: ir.Value) -> None:
+def token_grid_of_embeddings(ctx: Context, inputs_embeds: ir.Value) -> tuple[ir.Value, ir.Value]:
+    """What a decoder on inputs_embeds [B, S, H] uses in place of input_ids: the shape [B, S] (host
+    side, for reshapes and slices) and an int64 [B, S] tensor of ones made on the device (for
+    conv_state_index's device-side token count)."""
+    g = ctx.g
+    with g.scope("token_grid"):
+        token_shape = g.op("Slice", g.op("Shape", inputs_embeds), g.i64(0), g.i64(2), name="token_shape")
+        ones = g.op("ConstantOfShape", token_shape, value=ir.tensor(np.array([1], dtype=np.int64)), name="token_ones")
+    return token_shape, ones
+
+
+def conv_state_index(ctx: Context, token_shape: ir.Value, tokens: ir.Value, attention_mask: ir.Value) -> None:
     """Index of each row's carried conv state inside concat(past_state, new inputs) along time.
 
     A right-padded row with n real new tokens must carry the L-1 inputs ending at its last real
     token, not at the padding: the state window starts at n, counted from the mask's last S
     columns. A single new token (decode) is always real, so n is 1 there whatever the mask says:
     CUDA-graph runtimes feed a fixed-width mask whose last column is not the current one.
+    token_shape: [B, S] of the new tokens; tokens: any int64 [B, S] tensor on the device (input_ids).
     """
     g, spec = ctx.g, ctx.spec
     with g.scope("conv_metadata"):
-        new_len = g.op("Slice", g.op("Shape", input_ids), g.i64(1), g.i64(2), name="new_tokens")
+        new_len = g.op("Slice", token_shape, g.i64(1), g.i64(2), name="new_tokens")
         new_mask = g.op("Slice", attention_mask, g.op("Neg", new_len), g.i64(np.iinfo(np.int64).max), g.i64(1))
         counted = g.op("ReduceSum", new_mask, g.i64(1), keepdims=1, name="real_new_tokens")  # [B, 1]
         # S counted on the device (not taken from Shape, which lives on the host): a host-side
         # condition feeding Where would need a copy, and copies forbid CUDA graph capture.
-        ones = g.op("Cast", g.op("Equal", input_ids, input_ids), to=ir.DataType.INT64)
+        ones = g.op("Cast", g.op("Equal", tokens, tokens), to=ir.DataType.INT64)
         width = g.op("ReduceSum", ones, g.i64(1), keepdims=1, name="new_tokens_on_device")  # [B, 1]
         decoding = g.op("Equal", width, g.i64(1), name="is_decode_step")
         real_new = g.op("Where", decoding, g.i64(1), counted, name="state_shift")
@@ -257,7 +269,7 @@ def mlp(ctx: Context, i: int, h: ir.Value) -> ir.Value:
     return linear(ctx, g.op("Mul", act, up), f"model.layers.{i}.feed_forward", "w2", name="down")
 
 
-def lm_head(ctx: Context, h: ir.Value, input_ids: ir.Value) -> ir.Value:
+def lm_head(ctx: Context, h: ir.Value, token_shape: ir.Value) -> ir.Value:
     """h @ table.T over the [vocab, hidden] table: tied models share it with the embedding.
 
     Quantized: MatMulNBits over the same quantized table the embedding gathers from. Float: Gemm
@@ -270,7 +282,7 @@ def lm_head(ctx: Context, h: ir.Value, input_ids: ir.Value) -> ir.Value:
     table = ctx.w.tensor(name)
     rows = g.op("Reshape", h, g.i64(-1, spec.hidden_size))
     logits = g.op("Gemm", rows, table, transB=1, name="lm_head")
-    shape = g.op("Concat", g.op("Shape", input_ids), g.i64(spec.vocab_size), axis=0)
+    shape = g.op("Concat", token_shape, g.i64(spec.vocab_size), axis=0)
     logits = g.op("Reshape", logits, shape)
     if ctx.opts.logits_dtype != ctx.opts.io_dtype:
         logits = g.op("Cast", logits, to=ctx.opts.logits_dtype)

@@ -34,6 +34,7 @@ from .genai_config import make_genai_config
 from .model import build_model
 from .options import BuildOptions
 from .spec import Lfm2Spec, load_spec
+from . import vl
 from .weights import Checkpoint
 from .writer import save_with_external_data
 
@@ -69,12 +70,14 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions | list[BuildOptions],
     if len(set(names)) != len(names) or not options:
         raise UserError(f"each precision once per build: got {', '.join(names) or 'none'}")
     spec, config, generation = load_spec(checkpoint)
-    ckpt = Checkpoint(checkpoint)
-    ckpt.validate(spec)
+    ckpt = vl.open_checkpoint(checkpoint, spec)
+    ckpt.validate(spec, extra=vl.vision_shapes(config) if spec.is_vl else None)
+    images = _ImageModel(config, vl.image_processor_settings(checkpoint, config)) if spec.is_vl else None
     source = {**(source or {}), "card": _source_card(checkpoint)}
     built_with = {"command": command, "versions": _versions(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
     if add:
-        return _add(checkpoint, Path(out), spec, config, generation, ckpt, options, progress, start, built_with)
+        return _add(checkpoint, Path(out), spec, config, generation, ckpt, options, progress, start, built_with,
+                    images)
     out = check_output(out, overwrite, checkpoint)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -85,7 +88,7 @@ def export(checkpoint: Path, out: Path, opts: BuildOptions | list[BuildOptions],
         raise UserError(f"cannot create {out.name} in {out.parent} ({e.strerror}); choose a writable -o") from None
     try:
         variants = _write_folder(staging, checkpoint, spec, config, generation, ckpt, options, progress, source,
-                                 built_with)
+                                 built_with, images)
         _replace(staging, out)
     except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -164,24 +167,40 @@ def check_output(out: Path, overwrite: bool, checkpoint: Path | None = None) -> 
     return out
 
 
+@dataclass
+class _ImageModel:
+    """What an LFM2-VL export needs beyond the decoder's spec: the VL config.json, image settings."""
+
+    config: dict
+    settings: dict  # vl.image_processor_settings
+
+
 def _write_folder(folder: Path, checkpoint: Path, spec: Lfm2Spec, config: dict, generation: dict,
                   ckpt: Checkpoint, options: list[BuildOptions], progress: bool, source: dict,
-                  built_with: dict) -> list[Variant]:
+                  built_with: dict, images: _ImageModel | None = None) -> list[Variant]:
     (folder / "onnx").mkdir()
-    variants = _write_variants(folder, spec, generation, ckpt, options, set(), progress, built_with)
+    variants = _write_variants(folder, spec, generation, ckpt, options, set(), progress, built_with, images)
     for name in CHECKPOINT_FILES:
         if (checkpoint / name).exists():
             shutil.copyfile(checkpoint / name, folder / name)
     default = variants[0]  # the root genai_config.json and transformers.js's default dtype: the first -p
     shutil.copyfile(folder / default.genai_config, folder / ROOT_GENAI_CONFIG)
+    if images is not None:
+        for name, data in vl.processor_files(checkpoint, config).items():
+            _write_json(folder / name, data)
+        config = vl.client_config(config, spec)
     _write_json(folder / "config.json", _client_config(config, spec, variants, default))
     write_manifest(folder, Manifest(variants, source, default.name))
     return variants
 
 
 def _write_variants(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Checkpoint, options: list[BuildOptions],
-                    taken: set[str], progress: bool, built_with: dict) -> list[Variant]:
+                    taken: set[str], progress: bool, built_with: dict,
+                    images: _ImageModel | None = None) -> list[Variant]:
     """Each variant's graph, external data and genai config; `taken`: files other variants hold."""
+    if images is not None:
+        return [_write_vl_variant(folder, spec, generation, ckpt, opts, taken, progress, built_with, images)
+                for opts in options]
     variants = []
     for opts in options:
         onnx_file = opts.onnx_file_beside(taken)
@@ -200,8 +219,39 @@ def _write_variants(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Checkp
     return variants
 
 
+def _write_graph(model, path: Path, progress: bool) -> list[str]:
+    """Write one graph and its external data; returns its files relative to the folder."""
+    chunks = save_with_external_data(model, path, progress=progress)
+    name = f"onnx/{path.name}"
+    return [name, *(f"{name}_data" + (f"_{i}" if i else "") for i in range(chunks))]
+
+
+def _write_vl_variant(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Checkpoint, opts: BuildOptions,
+                      taken: set[str], progress: bool, built_with: dict, images: _ImageModel) -> Variant:
+    """An LFM2-VL variant: decoder, embed_tokens and vision encoder graphs (vl.py), one at a time."""
+    files = vl.graph_files(opts, taken)
+    written, chunks = [], {}
+    for session, onnx_file in files.items():
+        model = vl.build_graph(session, spec, images.config, ckpt, opts)
+        graph_files = _write_graph(model, folder / onnx_file, progress)
+        del model
+        chunks[Path(onnx_file).name] = len(graph_files) - 1
+        written.extend(graph_files)
+    taken.update(written)
+    variant = Variant(opts.precision, opts.ep, files[vl.DECODER], written,
+                      sum((folder / f).stat().st_size for f in written),
+                      options={**opts.summary(), "js_dtype": vl.js_dtypes(opts), "external_data_chunks": chunks},
+                      built_with=built_with)
+    if any(f != vl.graph_files(opts, set())[s] for s, f in files.items()):  # not at transformers.js's names
+        variant.options["js_dtype"] = None
+    _write_json(folder / variant.genai_config,
+                vl.make_vl_genai_config(spec, opts, generation, images.settings, files))
+    return variant
+
+
 def _add(checkpoint: Path, out: Path, spec: Lfm2Spec, config: dict, generation: dict, ckpt: Checkpoint,
-         options: list[BuildOptions], progress: bool, start: float, built_with: dict) -> ExportResult:
+         options: list[BuildOptions], progress: bool, start: float, built_with: dict,
+         images: _ImageModel | None = None) -> ExportResult:
     """New variants beside an export's others, which stay as they are; variants.json is written last."""
     out = out.expanduser().absolute()
     manifest = read_manifest(out) if out.is_dir() else None
@@ -213,14 +263,16 @@ def _add(checkpoint: Path, out: Path, spec: Lfm2Spec, config: dict, generation: 
         names = ", ".join(variant_name(o.ep, o.precision) for o in there)
         raise UserError(f"{out} already holds {names}; drop it from -p, or rebuild the folder with --overwrite")
     root = json.loads((out / ROOT_GENAI_CONFIG).read_text())
-    if _model_signature(root) != _model_signature(make_genai_config(spec, options[0], generation)):
+    fresh = (vl.make_vl_genai_config(spec, options[0], generation, images.settings) if images is not None
+             else make_genai_config(spec, options[0], generation))
+    if _model_signature(root) != _model_signature(fresh):
         raise UserError(f"{out} holds an export of another model (its genai_config.json differs in shapes or "
                         "tokens); --add takes the checkpoint the folder was built from")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.add-", dir=out))
     try:
         (staging / "onnx").mkdir()
         taken = {f for v in manifest.variants for f in v.files}
-        variants = _write_variants(staging, spec, generation, ckpt, options, taken, progress, built_with)
+        variants = _write_variants(staging, spec, generation, ckpt, options, taken, progress, built_with, images)
         for variant in variants:
             for name in (*variant.files, variant.genai_config):
                 (staging / name).chmod(0o666 & ~_umask())
@@ -241,8 +293,10 @@ def _add(checkpoint: Path, out: Path, spec: Lfm2Spec, config: dict, generation: 
 def _model_signature(genai: dict) -> dict:
     """What two variants of one model share: everything in genai_config.json but the file and EP."""
     model = json.loads(json.dumps(genai["model"]))
-    model["decoder"].pop("filename", None)
-    model["decoder"].pop("session_options", None)
+    for section in ("decoder", "embedding", "vision"):  # LFM2-VL has all three
+        if section in model:
+            model[section].pop("filename", None)
+            model[section].pop("session_options", None)
     return model
 
 
@@ -278,8 +332,10 @@ def _client_config(config: dict, spec: Lfm2Spec, variants: list[Variant], defaul
         js["dtype"] = default.options["js_dtype"]  # q4, q8, q4f16: the file transformers.js loads
     data = dict(js.get("use_external_data_format") or {})
     for variant in variants:
-        if variant.options["external_data_chunks"]:
-            data[Path(variant.onnx_file).name] = variant.options["external_data_chunks"]
+        chunks = variant.options["external_data_chunks"]
+        for name, count in (chunks.items() if isinstance(chunks, dict) else [(Path(variant.onnx_file).name, chunks)]):
+            if count:
+                data[name] = count
     js["use_external_data_format"] = data
     config["transformers.js_config"] = js
     return config

@@ -2,7 +2,7 @@
 
     python -m lfm2_onnx.builder.goldens [--models ../shared/models] [--out genai_configs] [--check]
 
-Reads only config.json and generation_config.json (no weights): the genai config is a pure function
+Reads only config.json and generation_config.json (LFM2-VL: its processor configs too; no weights): the genai config is a pure function
 of those and of the precision/EP choice, and tests check the builder writes exactly these files.
 """
 
@@ -18,6 +18,7 @@ from lfm2_onnx.errors import UserError
 from .genai_config import make_genai_config
 from .options import VALID_COMBINATIONS, BuildOptions
 from .spec import load_spec
+from .vl import image_processor_settings, make_vl_genai_config
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_MODELS = REPO.parent / "shared" / "models"
@@ -32,11 +33,15 @@ def goldens(models_dir: Path) -> dict[Path, str]:
     files = {}
     for config in sorted(models_dir.glob("*/config.json")):
         try:
-            spec, _, generation = load_spec(config.parent)
+            spec, hf_config, generation = load_spec(config.parent)
+            settings = image_processor_settings(config.parent, hf_config) if spec.is_vl else None
         except UserError:
-            continue  # not an LFM2 text checkpoint (e.g. LFM2-VL)
+            continue  # not an LFM2-family checkpoint
         for precision, ep in VALID_COMBINATIONS:
-            text = json.dumps(make_genai_config(spec, BuildOptions(precision, ep), generation), indent=4) + "\n"
+            opts = BuildOptions(precision, ep)
+            genai = (make_vl_genai_config(spec, opts, generation, settings) if spec.is_vl
+                     else make_genai_config(spec, opts, generation))
+            text = json.dumps(genai, indent=4) + "\n"
             files[Path(config.parent.name) / golden_name(precision, ep)] = text
     return files
 

@@ -21,7 +21,9 @@ PRESENT_KEY, PRESENT_VALUE, PRESENT_CONV = "present.%d.key", "present.%d.value",
 FEED_FORWARD_BLOCKS = {"mlp": blocks.mlp, "moe": moe}
 
 
-def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
+def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *, on_embeddings: bool = False) -> ir.Model:
+    """The decoder; on_embeddings: it takes inputs_embeds [B, S, hidden] instead of input_ids (LFM2-VL's
+    decoder_model_merged, fed by embed_tokens and the vision encoder), same caches and outputs."""
     g = GraphBuilder("lfm2")
     ctx = blocks.Context(g=g, spec=spec, opts=opts, w=blocks.Weights(g, ckpt, opts))
     dtype = opts.io_dtype
@@ -29,7 +31,12 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Mode
     present_kv_shape = ["batch_size", spec.num_key_value_heads, "total_sequence_length", spec.head_dim]
     conv_shape = ["batch_size", spec.hidden_size, spec.conv_state_size]
 
-    input_ids = g.input("input_ids", ir.DataType.INT64, ["batch_size", "sequence_length"])
+    if on_embeddings:
+        inputs_embeds = g.input("inputs_embeds", dtype, ["batch_size", "sequence_length", spec.hidden_size])
+        token_shape, tokens = blocks.token_grid_of_embeddings(ctx, inputs_embeds)
+    else:
+        input_ids = g.input("input_ids", ir.DataType.INT64, ["batch_size", "sequence_length"])
+        token_shape, tokens = g.op("Shape", input_ids), input_ids
     attention_mask = g.input("attention_mask", ir.DataType.INT64, ["batch_size", "total_sequence_length"])
     past = {}
     for i, kind in enumerate(spec.layer_types):
@@ -42,11 +49,11 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Mode
         blocks.attention_metadata(ctx, attention_mask)
         blocks.rotary_caches(ctx)
     if spec.conv_layers:
-        blocks.conv_state_index(ctx, input_ids, attention_mask)
+        blocks.conv_state_index(ctx, token_shape, tokens, attention_mask)
 
     present = {}
     with g.scope("model"):
-        hidden = blocks.embeddings(ctx, input_ids)
+        hidden = inputs_embeds if on_embeddings else blocks.embeddings(ctx, input_ids)
         residual, block_out = hidden, None
         for i, kind in enumerate(spec.layer_types):
             with g.scope(f"layers.{i}"):
@@ -67,7 +74,7 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Mode
                     block_out = FEED_FORWARD_BLOCKS[feed_forward](ctx, i, normed)
         with g.scope("final"):
             normed, _ = blocks.skip_rms_norm(ctx, block_out, residual, "model.embedding_norm.weight")
-        logits = blocks.lm_head(ctx, normed, input_ids)
+        logits = blocks.lm_head(ctx, normed, token_shape)
 
     g.output(logits, "logits", opts.logits_dtype, ["batch_size", "sequence_length", spec.vocab_size])
     present_kv_shape_conv = conv_shape
@@ -77,4 +84,18 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Mode
             g.output(present[i][1], PRESENT_VALUE % i, dtype, present_kv_shape)
         else:
             g.output(present[i][0], PRESENT_CONV % i, dtype, present_kv_shape_conv)
+    return g.model("lfm2_onnx", __version__)
+
+
+def build_embed_tokens(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
+    """input_ids -> inputs_embeds: the decoder's embedding on its own (LFM2-VL's embed_tokens graph).
+
+    The table is stored as the decoder stores it: float, or the quantized table GatherBlockQuantized
+    reads when the export quantizes its vocabulary tables."""
+    g = GraphBuilder("lfm2_embed_tokens")
+    ctx = blocks.Context(g=g, spec=spec, opts=opts, w=blocks.Weights(g, ckpt, opts))
+    input_ids = g.input("input_ids", ir.DataType.INT64, ["batch_size", "sequence_length"])
+    with g.scope("model"):
+        hidden = blocks.embeddings(ctx, input_ids)
+    g.output(hidden, "inputs_embeds", opts.io_dtype, ["batch_size", "sequence_length", spec.hidden_size])
     return g.model("lfm2_onnx", __version__)

@@ -40,9 +40,9 @@ def resolve(model_id: str | None, input_dir: str | None, revision: str | None = 
         raise UserError("give exactly one source: -m HUB_ID (or lfm2-tiny-random) or -i CHECKPOINT_DIR")
     if input_dir:
         return from_folder(input_dir), None
-    from .tiny import TINY_ID, write_tiny_checkpoint
+    from .tiny import TINY_ID, TINY_VL_ID, write_tiny_checkpoint
 
-    if model_id == TINY_ID:
+    if model_id in (TINY_ID, TINY_VL_ID):
         tmp = tempfile.TemporaryDirectory(prefix="lfm2-tiny-")
-        return write_tiny_checkpoint(Path(tmp.name)), tmp
+        return write_tiny_checkpoint(Path(tmp.name), vl=model_id == TINY_VL_ID), tmp
     return from_hub(model_id, revision, cache_dir), None

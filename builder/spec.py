@@ -9,12 +9,13 @@ transformers answers it.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lfm2_onnx.errors import UserError
 
 LAYER_TYPES = ("conv", "full_attention")
+VL_ARCHITECTURE = "Lfm2VlForConditionalGeneration"
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,12 @@ class Lfm2Spec:
     architecture: str = "Lfm2ForCausalLM"
     source_dtype: str = "float32"
     moe: MoeSpec | None = None  # Lfm2MoeForCausalLM only
+    image_token_id: int | None = None  # Lfm2VlForConditionalGeneration only: where image features go
     extra: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def is_vl(self) -> bool:
+        return self.architecture == VL_ARCHITECTURE
 
     @property
     def num_layers(self) -> int:
@@ -142,6 +148,8 @@ def spec_from_config(config: dict, generation_config: dict | None = None) -> Lfm
     from .architectures import architecture_of  # the registry imports this module
 
     arch = architecture_of(config)
+    if arch.name == VL_ARCHITECTURE:
+        return _vl_spec(config, generation_config)
     if config.get("quantization_config"):
         raise UserError("config.json: pre-quantized checkpoints are not supported; export from the bf16/fp32 weights")
     if config.get("block_use_swiglu") is False:
@@ -191,6 +199,28 @@ def spec_from_config(config: dict, generation_config: dict | None = None) -> Lfm
         source_dtype=str(config.get("dtype") or config.get("torch_dtype") or "float32"),
         moe=feed_forward.moe,
     )
+
+
+def _vl_spec(config: dict, generation_config: dict | None) -> Lfm2Spec:
+    """An LFM2-VL config: its decoder is text_config (any LFM2 spelling), the tying and the image
+    token are the VL config's (image_token_id; LiquidAI's remote-code config says image_token_index)."""
+    text = config.get("text_config")
+    if not isinstance(text, dict):
+        raise UserError("config.json: an LFM2-VL config needs a text_config object (the LFM2 decoder's config)")
+    text = {**text, "architectures": ["Lfm2ForCausalLM"], "model_type": "lfm2"}
+    if config.get("quantization_config"):
+        text["quantization_config"] = config["quantization_config"]
+    for key in ("tie_embedding", "tie_word_embeddings"):  # the VL config's own word, when it has one, wins
+        if key in config:
+            text.pop("tie_embedding", None)
+            text["tie_word_embeddings"] = config[key]
+    spec = spec_from_config(text, generation_config)
+    image_token = config.get("image_token_id", config.get("image_token_index", 396))
+    if isinstance(image_token, bool) or not isinstance(image_token, int) or not 0 <= image_token < spec.vocab_size:
+        raise UserError(f"config.json: image_token_id={image_token!r}; it must be a token id below "
+                        f"vocab_size={spec.vocab_size}")
+    return replace(spec, architecture=VL_ARCHITECTURE, image_token_id=image_token,
+                   source_dtype=str(config.get("dtype") or config.get("torch_dtype") or spec.source_dtype))
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 TINY_ID = "lfm2-tiny-random"
+TINY_VL_ID = "lfm2-vl-tiny-random"  # tiny_vl_config: the tiny decoder behind a 2-layer SigLIP2 tower
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 TOKENIZER_ASSET = ASSETS_DIR / "tiny_tokenizer.json"
@@ -107,6 +108,58 @@ def tiny_moe_config(**overrides) -> dict:
     return tiny_config(**{**config, **overrides})
 
 
+# The image token of the tiny VL model: an ordinary id of the bundled tokenizer (its image prompt
+# markup is the processor's business; the graphs only need where image features go).
+TINY_IMAGE_TOKEN_ID = 396
+
+
+def tiny_vl_config(**overrides) -> dict:
+    """config.json dict of a tiny Lfm2VlForConditionalGeneration (transformers' native lfm2_vl
+    spelling): the tiny LFM2 decoder as text_config behind a 2-layer SigLIP2 tower, with overrides
+    applied to the VL level (text_config/vision_config replace the whole sub-config)."""
+    text = tiny_config()
+    for key in ("architectures", "bos_token_id", "eos_token_id", "pad_token_id", "dtype"):
+        text.pop(key)
+    config = {
+        "model_type": "lfm2_vl",
+        "architectures": ["Lfm2VlForConditionalGeneration"],
+        "text_config": text,
+        "vision_config": {"model_type": "siglip2_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                          "num_hidden_layers": 2, "num_attention_heads": 2, "num_channels": 3,
+                          "num_patches": 16, "patch_size": 16, "layer_norm_eps": 1e-6,
+                          "hidden_act": "gelu_pytorch_tanh", "vision_use_head": False},
+        "image_token_id": TINY_IMAGE_TOKEN_ID,
+        "projector_hidden_act": "gelu",
+        "projector_hidden_size": 48,
+        "projector_bias": True,
+        "projector_use_layernorm": True,
+        "downsample_factor": 2,
+        "tie_word_embeddings": True,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+        "pad_token_id": PAD_ID,
+        "initializer_range": 0.1,
+        "dtype": "float32",
+    }
+    config.update(copy.deepcopy(overrides))
+    return config
+
+
+def tiny_vl_processor_config() -> dict:
+    """processor_config.json as transformers 5 saves an Lfm2VlProcessor: the image processor nested."""
+    return {
+        "processor_class": "Lfm2VlProcessor",
+        "image_processor": {
+            "image_processor_type": "Lfm2VlImageProcessorFast",
+            "do_image_splitting": True, "downsample_factor": 2, "encoder_patch_size": 16,
+            "max_image_tokens": 256, "min_image_tokens": 64, "max_num_patches": 1024, "max_tiles": 10,
+            "min_tiles": 2, "tile_size": 512, "use_thumbnail": True, "max_pixels_tolerance": 2.0,
+            "do_normalize": True, "do_rescale": True, "do_resize": True, "resample": 2,
+            "rescale_factor": 1 / 255, "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+        },
+    }
+
+
 def generation_config() -> dict:
     # The real LFM2 generation_config.json has no sampling defaults, so neither does this one.
     # Both <|im_end|> (end of a chat turn) and <|endoftext|> stop generation.
@@ -165,6 +218,13 @@ def _write_random_weights(path: Path, config: dict, seed: int) -> None:
     model_class, config_class = hf_classes(config["architectures"][0])
     torch.manual_seed(seed)
     model = model_class(config_class(**config)).to(torch.float32)
+    if config["architectures"][0] == "Lfm2VlForConditionalGeneration":
+        # transformers initialises SigLIP2 and the projector with small or zero biases and unit
+        # norms; random ones everywhere keep every term of the vision graph under test.
+        with torch.no_grad():
+            for name, tensor in model.named_parameters():
+                if name.startswith(("model.vision_tower", "model.multi_modal_projector")):
+                    tensor.normal_(0.0, config["initializer_range"]).add_(1.0 if "norm" in name else 0.0)
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     for name, tensor in state.items():
         if name.endswith(".expert_bias"):
@@ -175,18 +235,22 @@ def _write_random_weights(path: Path, config: dict, seed: int) -> None:
     save_file(state, str(path), metadata={"format": "pt"})
 
 
-def write_tiny_checkpoint(dest: Path, *, seed: int = 0, moe: bool = False, **overrides) -> Path:
+def write_tiny_checkpoint(dest: Path, *, seed: int = 0, moe: bool = False, vl: bool = False, **overrides) -> Path:
     """Write a complete HF checkpoint folder to dest (created if missing) and return dest.
 
-    moe=True: a Lfm2MoeForCausalLM (tiny_moe_config), else the dense Lfm2ForCausalLM."""
+    moe=True: a Lfm2MoeForCausalLM (tiny_moe_config); vl=True: an Lfm2VlForConditionalGeneration
+    (tiny_vl_config, with transformers 5's processor_config.json); else the dense Lfm2ForCausalLM."""
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    config = (tiny_moe_config if moe else tiny_config)(**overrides)
+    config = (tiny_vl_config if vl else tiny_moe_config if moe else tiny_config)(**overrides)
+    if vl:
+        _write_json(dest / "processor_config.json", tiny_vl_processor_config())
     _write_random_weights(dest / "model.safetensors", config, seed)
     _write_json(dest / "config.json", config)
     _write_json(dest / "generation_config.json", generation_config())
     (dest / "tokenizer.json").write_bytes(TOKENIZER_ASSET.read_bytes())
-    _write_json(dest / "tokenizer_config.json", tokenizer_config(config["max_position_embeddings"]))
+    max_positions = config.get("max_position_embeddings") or config["text_config"]["max_position_embeddings"]
+    _write_json(dest / "tokenizer_config.json", tokenizer_config(max_positions))
     _write_json(dest / "special_tokens_map.json", special_tokens_map())
     # transformers 5 reads the template from chat_template.jinja, not from tokenizer_config.json.
     (dest / "chat_template.jinja").write_bytes(CHAT_TEMPLATE_ASSET.read_bytes())

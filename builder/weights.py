@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import ml_dtypes
@@ -26,12 +27,20 @@ _NUMPY = {"fp32": np.float32, "fp16": np.float16, "bf16": ml_dtypes.bfloat16}
 class Checkpoint:
     """Tensor names, shapes and lazy loads over one or more .safetensors files."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, rename: Callable[[str], str] | None = None):
+        """rename: stored tensor name -> the name the builder asks for (a VL checkpoint's layouts)."""
         self.folder = folder
         self._where: dict[str, Path] = {}
         self._shapes: dict[str, tuple[int, ...]] = {}
+        self._stored: dict[str, str] = {}  # presented name -> name in the file, where they differ
         for file in self._files():
-            for name, shape in _read_header(file).items():
+            for stored, shape in _read_header(file).items():
+                name = rename(stored) if rename else stored
+                if rename and name in self._where:
+                    raise UserError(f"{folder}: the weights hold {name} twice (as {self._stored.get(name, name)} "
+                                    f"and {stored}); keep one checkpoint per folder")
+                if name != stored:
+                    self._stored[name] = stored
                 self._where[name] = file
                 self._shapes[name] = shape
         # Packed expert tensors assembled from an original checkpoint's per-expert ones.
@@ -96,13 +105,18 @@ class Checkpoint:
         file = self._where[name]
         try:
             with safe_open(file, framework="pt") as f:
-                return f.get_tensor(name)
+                return f.get_tensor(self._stored.get(name, name))
         except Exception as e:  # safetensors raises its own error types for damaged files
             raise UserError(f"{file}: cannot read tensor {name} ({e}); the file is damaged, download it again") from None
 
-    def validate(self, spec: Lfm2Spec) -> None:
-        """Every tensor the spec needs is present with the shape the spec implies."""
-        expected = expected_shapes(spec)
+    def names(self) -> list[str]:
+        return list(self._shapes)
+
+    def validate(self, spec: Lfm2Spec, extra: dict[str, tuple[int, ...]] | None = None) -> None:
+        """Every tensor the spec needs is present with the shape the spec implies.
+
+        extra: more expected tensors (a VL checkpoint's vision tower and projector)."""
+        expected = {**expected_shapes(spec), **(extra or {})}
         missing = [n for n in expected if n not in self._shapes
                    and not (n == LM_HEAD and spec.tie_word_embeddings)]
         missing = self._unpackable + missing  # a missing expert names itself, not its packed group

@@ -1,0 +1,318 @@
+"""LFM2-VL export (builder/vl.py): the decoder on inputs_embeds, embed_tokens, names, configs, the folder.
+
+The decoder is checked against transformers' Lfm2VlForConditionalGeneration fed the same
+inputs_embeds (no pixels: its language model and LM head), over a prefill and 32 greedy steps, and
+right-padded batches against single runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+ort = pytest.importorskip("onnxruntime")
+
+from conftest import shared_model  # noqa: E402
+from lfm2_onnx.builder import vl  # noqa: E402
+from lfm2_onnx.builder.model import build_embed_tokens, build_model  # noqa: E402
+from lfm2_onnx.builder.options import BuildOptions  # noqa: E402
+from lfm2_onnx.builder.spec import load_spec, spec_from_config  # noqa: E402
+from lfm2_onnx.builder.tiny import tiny_vl_config, write_tiny_checkpoint  # noqa: E402
+from lfm2_onnx.builder.writer import save_with_external_data  # noqa: E402
+from lfm2_onnx.errors import UserError  # noqa: E402
+
+STEPS = 32
+PROMPT_LENGTHS = (7, 3, 5)
+
+
+@pytest.fixture(scope="module")
+def vl_checkpoint(tmp_path_factory) -> Path:
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("vl") / "ckpt", vl=True, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(vl_checkpoint):
+    model = transformers.Lfm2VlForConditionalGeneration.from_pretrained(vl_checkpoint, dtype=torch.float32)
+    return model.eval()
+
+
+def _session(model, folder: Path, name: str) -> ort.InferenceSession:
+    path = folder / f"{name}.onnx"
+    save_with_external_data(model, path, progress=False)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def graphs(vl_checkpoint, tmp_path_factory):
+    spec, _, _ = load_spec(vl_checkpoint)
+    ckpt = vl.open_checkpoint(vl_checkpoint, spec)
+    folder = tmp_path_factory.mktemp("vl_graphs")
+    opts = BuildOptions("fp32", "cpu")
+    return (spec, _session(build_model(spec, ckpt, opts, on_embeddings=True), folder, "decoder"),
+            _session(build_embed_tokens(spec, ckpt, opts), folder, "embed"))
+
+
+class EmbedsDriver:
+    """The decoder_model_merged graph driven with caches, on inputs_embeds."""
+
+    def __init__(self, spec, session):
+        self.spec, self.session = spec, session
+
+    def empty(self, batch: int) -> dict:
+        s = self.spec
+        caches = {}
+        for i, kind in enumerate(s.layer_types):
+            if kind == "full_attention":
+                for part in ("key", "value"):
+                    caches[f"past_key_values.{i}.{part}"] = np.zeros(
+                        (batch, s.num_key_value_heads, 0, s.head_dim), np.float32)
+            else:
+                caches[f"past_conv.{i}"] = np.zeros((batch, s.hidden_size, s.conv_state_size), np.float32)
+        return caches
+
+    def run(self, embeds: np.ndarray, mask: np.ndarray, caches: dict) -> tuple[np.ndarray, dict]:
+        outputs = [o.name for o in self.session.get_outputs()]
+        values = dict(zip(outputs, self.session.run(outputs, {"inputs_embeds": embeds, "attention_mask": mask,
+                                                              **caches})))
+        present = {name.replace("present_conv", "past_conv").replace("present.", "past_key_values."): v
+                   for name, v in values.items() if name != "logits"}
+        return values["logits"], present
+
+
+def _prompts(spec, seed=0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(3, spec.vocab_size, size=n) for n in PROMPT_LENGTHS]
+
+
+def test_embed_tokens_is_the_embedding_table(graphs, reference):
+    spec, _, embed = graphs
+    ids = np.array([[0, 1, 5, spec.vocab_size - 1], [396, 2, 3, 4]], dtype=np.int64)
+    (embeds,) = embed.run(["inputs_embeds"], {"input_ids": ids})
+    table = reference.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(embeds, table[ids])
+
+
+def test_decoder_on_embeddings_matches_transformers_over_32_steps(graphs, reference):
+    spec, decoder, _ = graphs
+    driver, table = EmbedsDriver(spec, decoder), reference.get_input_embeddings().weight.detach()
+    worst = 0.0
+    for prompt in _prompts(spec):
+        # Prompt embeddings with a random perturbation: the decoder sees embeddings that are no row
+        # of the table, as at image positions.
+        embeds = table[torch.tensor(prompt)][None] + 0.1 * torch.randn(1, len(prompt), spec.hidden_size)
+        with torch.no_grad():
+            out = reference(inputs_embeds=embeds, use_cache=True)
+        logits, caches = driver.run(embeds.numpy(), np.ones((1, len(prompt)), np.int64), driver.empty(1))
+        worst = max(worst, float(np.abs(logits - out.logits.numpy()).max()))
+        past, mask = out.past_key_values, np.ones((1, len(prompt)), np.int64)
+        ours, theirs = [], []
+        token = int(out.logits[0, -1].argmax())
+        our_token = int(logits[0, -1].argmax())
+        for _ in range(STEPS):
+            theirs.append(token)
+            ours.append(our_token)
+            step = table[torch.tensor([[token]])]
+            mask = np.concatenate([mask, np.ones((1, 1), np.int64)], axis=1)
+            with torch.no_grad():
+                out = reference(inputs_embeds=step, past_key_values=past, use_cache=True,
+                                attention_mask=torch.from_numpy(mask))
+            logits, caches = driver.run(step.numpy(), mask, caches)  # teacher-forced: the same token
+            worst = max(worst, float(np.abs(logits - out.logits.numpy()).max()))
+            past, token, our_token = out.past_key_values, int(out.logits[0, -1].argmax()), int(logits[0, -1].argmax())
+        assert ours == theirs
+    assert worst <= 1e-4, worst
+
+
+def test_ragged_batch_rows_equal_single_runs(graphs):
+    spec, decoder, embed = graphs
+    driver = EmbedsDriver(spec, decoder)
+    prompts = _prompts(spec, seed=1)
+    width = max(len(p) for p in prompts)
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, :len(prompt)], mask[row, :len(prompt)] = prompt, 1
+    (embeds,) = embed.run(["inputs_embeds"], {"input_ids": ids})
+    batch_logits, batch_caches = driver.run(embeds, mask, driver.empty(len(prompts)))
+    singles = []
+    for prompt in prompts:
+        (e,) = embed.run(["inputs_embeds"], {"input_ids": prompt[None]})
+        singles.append(driver.run(e, np.ones((1, len(prompt)), np.int64), driver.empty(1)))
+    for row, (prompt, (logits, _)) in enumerate(zip(prompts, singles)):
+        np.testing.assert_allclose(batch_logits[row, :len(prompt)], logits[0], atol=1e-5)
+    # Decode steps: each row continues from its own last real token.
+    tokens = np.array([[int(logits[0, -1].argmax())] for logits, _ in singles], np.int64)
+    for _ in range(4):
+        (step,) = embed.run(["inputs_embeds"], {"input_ids": tokens})
+        mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+        batch_logits, batch_caches = driver.run(step, mask, batch_caches)
+        for row, (logits, caches) in enumerate(singles):
+            single_mask = np.ones((1, mask[row].sum()), np.int64)
+            singles[row] = driver.run(step[row:row + 1], single_mask, caches)
+            np.testing.assert_allclose(batch_logits[row], singles[row][0][0], atol=1e-5)
+        tokens = batch_logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
+def test_other_precisions_build_and_run(vl_checkpoint, precision, tmp_path):
+    spec, _, _ = load_spec(vl_checkpoint)
+    ckpt = vl.open_checkpoint(vl_checkpoint, spec)
+    opts = BuildOptions(precision, "cpu", **({"accuracy_level": 1} if precision.startswith("int") else {}))
+    embed = _session(build_embed_tokens(spec, ckpt, opts), tmp_path, "embed")
+    decoder = _session(build_model(spec, ckpt, opts, on_embeddings=True), tmp_path, "decoder")
+    ops = {n.op_type for n in __import__("onnx").load(str(tmp_path / "embed.onnx"), load_external_data=False).graph.node}
+    assert ("GatherBlockQuantized" in ops) == precision.startswith("int")
+    (embeds,) = embed.run(["inputs_embeds"], {"input_ids": np.array([[1, 5, 9]], np.int64)})
+    feeds = EmbedsDriver(spec, decoder).empty(1)
+    dtype = np.float16 if precision == "fp16" else np.float32
+    feeds = {k: v.astype(dtype) for k, v in feeds.items()}
+    (logits,) = decoder.run(["logits"], {"inputs_embeds": embeds, "attention_mask": np.ones((1, 3), np.int64),
+                                         **feeds})
+    assert logits.shape == (1, 3, spec.vocab_size) and np.isfinite(logits).all()
+
+
+# --- names and configs ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored, presented", [
+    ("model.language_model.layers.0.conv.in_proj.weight", "model.layers.0.conv.in_proj.weight"),
+    ("model.language_model.embed_tokens.weight", "model.embed_tokens.weight"),
+    ("model.language_model.embedding_norm.weight", "model.embedding_norm.weight"),
+    ("lm_head.weight", "lm_head.weight"),
+    ("model.vision_tower.encoder.layers.0.mlp.fc1.weight", "model.vision_tower.encoder.layers.0.mlp.fc1.weight"),
+    # transformers 4.x / LiquidAI's remote code: SigLIP2's vision_model level
+    ("model.vision_tower.vision_model.post_layernorm.weight", "model.vision_tower.post_layernorm.weight"),
+    ("model.multi_modal_projector.linear_1.weight", "model.multi_modal_projector.linear_1.weight"),
+    # llava-style top-level prefixes
+    ("language_model.model.layers.3.ffn_norm.weight", "model.layers.3.ffn_norm.weight"),
+    ("language_model.lm_head.weight", "lm_head.weight"),
+    ("vision_tower.vision_model.embeddings.patch_embedding.weight",
+     "model.vision_tower.embeddings.patch_embedding.weight"),
+    ("multi_modal_projector.layer_norm.bias", "model.multi_modal_projector.layer_norm.bias"),
+])
+def test_vl_tensor_names(stored, presented):
+    assert vl.vl_tensor_name(stored) == presented
+
+
+def _legacy(config: dict) -> dict:
+    """The same model in LiquidAI's remote-code spelling (model_type lfm2-vl, old text fields)."""
+    text = dict(config["text_config"])
+    text["block_dim"] = text.pop("hidden_size")
+    text["block_ff_dim"] = text.pop("intermediate_size")
+    text["block_norm_eps"] = text.pop("norm_eps")
+    text["num_heads"] = text.pop("num_attention_heads")
+    text["rope_theta"] = text.pop("rope_parameters")["rope_theta"]
+    text.pop("tie_word_embeddings")
+    legacy = {k: v for k, v in config.items() if k not in ("image_token_id", "tie_word_embeddings")}
+    return {**legacy, "model_type": "lfm2-vl", "image_token_index": config["image_token_id"], "text_config": text}
+
+
+def test_both_config_spellings_give_one_spec():
+    native = tiny_vl_config()
+    assert spec_from_config(_legacy(native)) == spec_from_config(native)
+    assert spec_from_config(native).image_token_id == native["image_token_id"]
+
+
+def test_real_config_spec():
+    spec, _, _ = load_spec(shared_model("LFM2-VL-450M"))
+    assert (spec.architecture, spec.hidden_size, spec.num_layers, spec.vocab_size) == \
+        ("Lfm2VlForConditionalGeneration", 1024, 16, 65536)
+    assert spec.image_token_id == 396 and spec.tie_word_embeddings
+
+
+def test_missing_and_misshaped_tensors_are_named(vl_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    spec, _, _ = load_spec(vl_checkpoint)
+    state = load_file(vl_checkpoint / "model.safetensors")
+    for name in ("config.json", "generation_config.json"):
+        (tmp_path / name).write_bytes((vl_checkpoint / name).read_bytes())
+    broken = {k: v for k, v in state.items() if k != "model.language_model.layers.1.self_attn.q_proj.weight"}
+    save_file(broken, tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=r"missing.*model\.layers\.1\.self_attn\.q_proj\.weight"):
+        vl.open_checkpoint(tmp_path, spec).validate(spec)
+    state["model.language_model.embedding_norm.weight"] = torch.ones(3)
+    save_file(state, tmp_path / "model.safetensors")
+    with pytest.raises(UserError, match=r"model\.embedding_norm\.weight is \[3\]"):
+        vl.open_checkpoint(tmp_path, spec).validate(spec)
+
+
+def test_processor_settings_from_both_layouts(vl_checkpoint):
+    real = shared_model("LFM2-VL-450M")
+    config = json.loads((real / "config.json").read_text())
+    legacy = vl.image_processor_settings(real, config)
+    native = vl.image_processor_settings(vl_checkpoint, tiny_vl_config())
+    for settings in (legacy, native):
+        for key in ("encoder_patch_size", "downsample_factor", "tile_size", "max_image_tokens", "image_mean"):
+            assert key in settings
+    assert legacy["max_tiles"] == 10 and legacy["use_thumbnail"] is False  # processor_config.json's
+    assert legacy["image_mean"] == [0.5, 0.5, 0.5]  # preprocessor_config.json's
+    files = vl.processor_files(real, config)
+    assert files["preprocessor_config.json"]["image_processor_type"] == "Lfm2VlImageProcessor"
+    assert "auto_map" not in files["processor_config.json"]
+
+
+def test_genai_config_sections(vl_checkpoint):
+    spec, config, generation = load_spec(vl_checkpoint)
+    settings = vl.image_processor_settings(vl_checkpoint, config)
+    genai = vl.make_vl_genai_config(spec, BuildOptions("int4", "cpu"), generation, settings)
+    model = genai["model"]
+    assert model["type"] == "lfm2_vl" and model["image_token_id"] == spec.image_token_id
+    assert model["decoder"]["filename"] == "onnx/decoder_model_merged_q4.onnx"
+    assert "input_ids" not in model["decoder"]["inputs"] and model["decoder"]["inputs"]["inputs_embeds"]
+    assert model["embedding"]["filename"] == "onnx/embed_tokens_q4.onnx"
+    assert model["vision"]["filename"] == "onnx/vision_encoder.onnx"  # float for a quantized decoder
+    assert model["vision"]["inputs"] == {"pixel_values": "pixel_values", "attention_mask": "pixel_attention_mask",
+                                         "image_sizes": "spatial_shapes"}
+    assert model["vision"]["config_filename"] == vl.GENAI_PROCESSOR_CONFIG
+
+
+def test_vl_goldens_are_current():
+    from lfm2_onnx.builder.goldens import REPO, goldens
+
+    models = shared_model("LFM2-VL-450M").parent
+    files = {rel: text for rel, text in goldens(models).items() if rel.parts[0] == "LFM2-VL-450M"}
+    assert files, "no LFM2-VL-450M goldens were generated"
+    for rel, text in files.items():
+        assert (REPO / "genai_configs" / rel).read_text() == text, rel
+
+
+# --- the folder (needs the vision encoder) ----------------------------------------------------------
+
+
+def _vision_available() -> bool:
+    return vl._vision_module() is not None
+
+
+@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
+def test_folder_layout(vl_checkpoint, tmp_path):
+    from lfm2_onnx.builder.export import export
+
+    out = export(vl_checkpoint, tmp_path / "out", [BuildOptions("fp32", "cpu"), BuildOptions("int4", "cpu")],
+                 progress=False).folder
+    names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
+    for name in ("onnx/decoder_model_merged.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder.onnx",
+                 "onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx", "config.json",
+                 "genai_config.json", "preprocessor_config.json", "processor_config.json",
+                 vl.GENAI_PROCESSOR_CONFIG, "tokenizer.json", "chat_template.jinja", "variants.json"):
+        assert name in names, name
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "lfm2_vl" and config["text_config"]["layer_types"]
+    assert config["transformers.js_config"]["dtype"] == {"vision_encoder": "fp32", "embed_tokens": "fp32",
+                                                         "decoder_model_merged": "fp32"}
+
+
+def test_vision_missing_is_one_line(monkeypatch, vl_checkpoint, tmp_path):
+    from lfm2_onnx.builder.export import export
+
+    monkeypatch.setattr(vl, "_vision_module", lambda: None)
+    with pytest.raises(UserError, match="vision encoder export not available yet"):
+        export(vl_checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu"), progress=False)
+    assert not (tmp_path / "out").exists()
