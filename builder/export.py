@@ -230,11 +230,19 @@ def _write_vl_variant(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Chec
                       taken: set[str], progress: bool, built_with: dict, images: _ImageModel) -> Variant:
     """An LFM2-VL variant: decoder, embed_tokens and vision encoder graphs (vl.py), one at a time."""
     files = vl.graph_files(opts, taken)
+    shared = vl.graph_files(opts, set())[vl.VISION_ENCODER]
+    if shared in taken and (folder / shared).exists():
+        # Another variant of this build wrote the same vision encoder (it is float at the activation
+        # precision whatever the decoder's: -p fp32,int8,int4 share one); the variants share the file.
+        files[vl.VISION_ENCODER] = shared
     written, chunks = [], {}
     for session, onnx_file in files.items():
-        model = vl.build_graph(session, spec, images.config, ckpt, opts)
-        graph_files = _write_graph(model, folder / onnx_file, progress)
-        del model
+        if onnx_file == shared and session == vl.VISION_ENCODER and (folder / shared).exists():
+            graph_files = [f for f in sorted(taken) if f == shared or f.startswith(f"{shared}_data")]
+        else:
+            model = vl.build_graph(session, spec, images.config, ckpt, opts)
+            graph_files = _write_graph(model, folder / onnx_file, progress)
+            del model
         chunks[Path(onnx_file).name] = len(graph_files) - 1
         written.extend(graph_files)
     taken.update(written)
@@ -275,6 +283,8 @@ def _add(checkpoint: Path, out: Path, spec: Lfm2Spec, config: dict, generation: 
         variants = _write_variants(staging, spec, generation, ckpt, options, taken, progress, built_with, images)
         for variant in variants:
             for name in (*variant.files, variant.genai_config):
+                if not (staging / name).exists():  # a file this build's variants share, moved already
+                    continue
                 (staging / name).chmod(0o666 & ~_umask())
                 os.replace(staging / name, out / name)
         client = json.loads((out / "config.json").read_text())

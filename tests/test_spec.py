@@ -37,11 +37,10 @@ def test_real_configs_normalise_like_transformers(name):
     config = json.loads((folder / "config.json").read_text())
     if config["architectures"] == ["Lfm2MoeForCausalLM"]:
         pytest.skip("MoE configs: tests/test_moe.py compares them with transformers' Lfm2MoeConfig")
-    if config["architectures"] != ["Lfm2ForCausalLM"]:
-        with pytest.raises(UserError, match="unsupported architecture .*supported: Lfm2ForCausalLM, Lfm2MoeForCausalLM"):
-            load_spec(folder)
-        return
     spec, _, _ = load_spec(folder)
+    if config["architectures"] == ["Lfm2VlForConditionalGeneration"]:
+        config = config["text_config"]  # LFM2-VL's decoder: the same normalisation of its text_config
+    assert config["architectures"] == ["Lfm2ForCausalLM"]
     expected = transformers_view(config)
     assert spec.layer_types == expected["layer_types"]
     assert spec.tie_word_embeddings == expected["tie"]
@@ -98,7 +97,7 @@ def test_eos_ids_from_generation_config_first():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"architectures": ["Lfm2VlForConditionalGeneration"]}, "unsupported architecture 'Lfm2VlForConditionalGeneration'"),
+    ({"architectures": ["Lfm2VlForConditionalGeneration"]}, "an LFM2-VL config needs a text_config object"),
     ({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}, "supported: Lfm2ForCausalLM, Lfm2MoeForCausalLM"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}}, "rope type 'yarn'"),
     ({"rope_scaling": {"type": "linear", "factor": 2.0}}, "rope type 'linear'"),

@@ -316,3 +316,80 @@ def test_vision_missing_is_one_line(monkeypatch, vl_checkpoint, tmp_path):
     with pytest.raises(UserError, match="vision encoder export not available yet"):
         export(vl_checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu"), progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
+def test_whole_model_with_an_image_matches_transformers(vl_checkpoint, reference, tmp_path):
+    """Vision encoder -> image features at the image-token positions of embed_tokens' output ->
+    decoder, against Lfm2VlForConditionalGeneration on the same pixels (built directly: transformers'
+    processor needs torchvision)."""
+    from lfm2_onnx.builder.export import export
+
+    out = export(vl_checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu"), progress=False).folder
+    sessions = {name: ort.InferenceSession(str(out / "onnx" / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+                for name in ("vision_encoder", "embed_tokens", "decoder_model_merged")}
+    spec, _, _ = load_spec(vl_checkpoint)
+    rng = np.random.default_rng(5)
+    grids = [(4, 4), (2, 4)]  # patch rows, columns per image; the second padded to 16 slots
+    slots = 16
+    pixels = rng.standard_normal((len(grids), slots, 3 * 16 * 16)).astype(np.float32)
+    mask = np.zeros((len(grids), slots), np.int64)
+    for i, (h, w) in enumerate(grids):
+        mask[i, :h * w] = 1
+    shapes = np.array(grids, np.int64)
+    tokens = sum(h * w // 4 for h, w in grids)
+    ids = np.array([[1, 5] + [spec.image_token_id] * 4 + [9, 10] + [spec.image_token_id] * 2 + [11]], np.int64)
+    assert (ids == spec.image_token_id).sum() == tokens
+    (features,) = sessions["vision_encoder"].run(["image_features"], {"pixel_values": pixels,
+                                                                      "pixel_attention_mask": mask,
+                                                                      "spatial_shapes": shapes})
+    (embeds,) = sessions["embed_tokens"].run(["inputs_embeds"], {"input_ids": ids})
+    embeds[ids == spec.image_token_id] = features
+    driver = EmbedsDriver(spec, sessions["decoder_model_merged"])
+    logits, _ = driver.run(embeds, np.ones_like(ids), driver.empty(1))
+    with torch.no_grad():
+        expected = reference(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels),
+                             pixel_attention_mask=torch.from_numpy(mask),
+                             spatial_shapes=torch.from_numpy(shapes)).logits.numpy()
+    assert np.abs(logits - expected).max() <= 1e-4
+    assert (logits.argmax(-1) == expected.argmax(-1)).all()
+
+
+class _ShapesOnly:
+    """A checkpoint that knows shapes only: graphs are built with lazy weights never loaded."""
+
+    def __init__(self, shapes):
+        self.shapes = shapes
+
+    def shape(self, name):
+        return self.shapes[name]
+
+    def load(self, name):
+        raise AssertionError(f"{name} loaded while only building the graph")
+
+
+def test_real_shape_graphs_without_weights():
+    from collections import Counter
+
+    from lfm2_onnx.builder.tensors import expected_shapes
+
+    spec, _, _ = load_spec(shared_model("LFM2-VL-450M"))
+    ckpt = _ShapesOnly(expected_shapes(spec))
+    for precision, ep in (("fp32", "cpu"), ("fp16", "cuda"), ("int4", "cpu")):
+        opts = BuildOptions(precision, ep)
+        decoder = build_model(spec, ckpt, opts, on_embeddings=True)
+        inputs = [v.name for v in decoder.graph.inputs]
+        assert inputs[:2] == ["inputs_embeds", "attention_mask"] and "input_ids" not in inputs
+        assert len(inputs) == 2 + len(spec.conv_layers) + 2 * len(spec.attention_layers)
+        ops = Counter(n.op_type for n in decoder.graph)
+        assert ops["GroupQueryAttention"] == len(spec.attention_layers) == 6
+        assert ops["CausalConvWithState"] == len(spec.conv_layers) == 10
+        assert ops["Gather"] == 1 and ops["GatherBlockQuantized"] == 0  # no embedding table; Gather: mask width
+        projections = 4 * spec.num_layers  # per layer: the mixer's in and out projections, the MLP's w1|w3 and w2
+        if opts.bits:
+            assert ops["MatMulNBits"] == projections + 1  # + the LM head
+        else:
+            assert ops["MatMul"] == projections and ops["Gemm"] == 1
+        embed = build_embed_tokens(spec, ckpt, opts)
+        assert [v.name for v in embed.graph.outputs] == ["inputs_embeds"]
+        assert Counter(n.op_type for n in embed.graph)["GatherBlockQuantized" if opts.bits else "Gather"] == 1
