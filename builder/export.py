@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import onnx_ir as ir
+
 from lfm2_onnx.errors import UserError
 from lfm2_onnx.variants import (
     ROOT_GENAI_CONFIG,
@@ -235,13 +237,23 @@ def _write_vl_variant(folder: Path, spec: Lfm2Spec, generation: dict, ckpt: Chec
         # Another variant of this build wrote the same vision encoder (it is float at the activation
         # precision whatever the decoder's: -p fp32,int8,int4 share one); the variants share the file.
         files[vl.VISION_ENCODER] = shared
-    written, chunks = [], {}
+    written, chunks, embed_tokens = [], {}, None
     for session, onnx_file in files.items():
         if onnx_file == shared and session == vl.VISION_ENCODER and (folder / shared).exists():
             graph_files = [f for f in sorted(taken) if f == shared or f.startswith(f"{shared}_data")]
+        elif session == vl.GENAI_EMBEDDING:  # embed_tokens' graph plus the merge, on embed_tokens' data
+            model = vl.build_graph(session, spec, images.config, ckpt, opts)
+            vl.share_weights(model, embed_tokens)
+            ir.save(model, folder / onnx_file)
+            del model, embed_tokens
+            graph_files = [onnx_file]
+            chunks[Path(onnx_file).name] = 0  # no data file of its own
+            written.extend(graph_files)
+            continue
         else:
             model = vl.build_graph(session, spec, images.config, ckpt, opts)
             graph_files = _write_graph(model, folder / onnx_file, progress)
+            embed_tokens = model if session == vl.EMBED_TOKENS else None
             del model
         chunks[Path(onnx_file).name] = len(graph_files) - 1
         written.extend(graph_files)

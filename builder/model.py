@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 
 from lfm2_onnx import __version__
@@ -87,15 +88,26 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *, on_embe
     return g.model("lfm2_onnx", __version__)
 
 
-def build_embed_tokens(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
+def build_embed_tokens(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *,
+                       image_features: bool = False) -> ir.Model:
     """input_ids -> inputs_embeds: the decoder's embedding on its own (LFM2-VL's embed_tokens graph).
 
     The table is stored as the decoder stores it: float, or the quantized table GatherBlockQuantized
-    reads when the export quantizes its vocabulary tables."""
+    reads when the export quantizes its vocabulary tables.
+    image_features: also take image_features [T, hidden] and write them over the image-token
+    positions, row-major (onnxruntime-genai's lfm2_vl embedding model; transformers.js merges the
+    features itself and feeds input_ids only, and neither client sees an input with a default)."""
     g = GraphBuilder("lfm2_embed_tokens")
     ctx = blocks.Context(g=g, spec=spec, opts=opts, w=blocks.Weights(g, ckpt, opts))
     input_ids = g.input("input_ids", ir.DataType.INT64, ["batch_size", "sequence_length"])
+    features = g.input("image_features", opts.io_dtype, ["num_image_tokens", spec.hidden_size]) \
+        if image_features else None
     with g.scope("model"):
         hidden = blocks.embeddings(ctx, input_ids)
+    if features is not None:
+        with g.scope("merge_image_features"):
+            is_image = g.op("Equal", input_ids, g.const(np.int64(spec.image_token_id)), name="is_image_token")
+            positions = g.op("Transpose", g.op("NonZero", is_image), perm=[1, 0], name="image_positions")  # [T, 2]
+            hidden = g.op("ScatterND", hidden, positions, features, name="merge")
     g.output(hidden, "inputs_embeds", opts.io_dtype, ["batch_size", "sequence_length", spec.hidden_size])
     return g.model("lfm2_onnx", __version__)

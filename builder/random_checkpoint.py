@@ -22,7 +22,7 @@ from .spec import load_spec
 from .tensors import expected_shapes, is_norm, per_expert_names
 
 COPIED = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-          "special_tokens_map.json", "chat_template.jinja")
+          "special_tokens_map.json", "chat_template.jinja", "preprocessor_config.json", "processor_config.json")
 SHARD_BYTES = 1 << 30
 
 
@@ -33,7 +33,7 @@ def write_random_checkpoint(source: Path, dest: Path, *, std: float = 0.1, seed:
                             dtype: torch.dtype = torch.bfloat16, expert_layout: str = "packed") -> Path:
     """expert_layout: MoE experts as transformers 5 saves them ("packed") or as LiquidAI's original
     checkpoints do ("per-expert": experts.N.w1|w2|w3.weight)."""
-    spec, _, _ = load_spec(source)
+    spec, config, _ = load_spec(source)
     dest.mkdir(parents=True, exist_ok=True)
     for name in COPIED:
         if (source / name).exists():
@@ -41,6 +41,11 @@ def write_random_checkpoint(source: Path, dest: Path, *, std: float = 0.1, seed:
     shapes = expected_shapes(spec)
     if spec.tie_word_embeddings:
         del shapes["lm_head.weight"]
+    if spec.is_vl:  # transformers 5's layout: the decoder under model.language_model, then the vision half
+        from .vl import vision_shapes
+
+        shapes = {name.replace("model.", "model.language_model.", 1): shape for name, shape in shapes.items()}
+        shapes.update(vision_shapes(config))
     generator = torch.Generator().manual_seed(seed)
     weight_map, shard, shard_bytes, index = {}, {}, 0, 0
 

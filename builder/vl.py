@@ -5,7 +5,9 @@ onnxruntime-genai 0.18's `lfm2_vl` pipeline reads them:
   onnx/vision_encoder{suffix}.onnx        pixel_values, pixel_attention_mask, spatial_shapes -> image_features
   onnx/embed_tokens{suffix}.onnx          input_ids -> inputs_embeds
   onnx/decoder_model_merged{suffix}.onnx  inputs_embeds, attention_mask, caches -> logits, caches
-The client puts image_features at the image-token positions of inputs_embeds. The vision encoder
+transformers.js puts image_features at the image-token positions of inputs_embeds itself;
+onnxruntime-genai's embedding model takes them as an input and merges them:
+  onnx/genai_embed_tokens{suffix}.onnx    input_ids, image_features -> inputs_embeds  (embed_tokens' data) The vision encoder
 (vision_encoder.py) stays float at the export's activation precision (fp32 on CPU, fp16 on CUDA for
 int8/int4), so its features have embed_tokens' dtype.
 
@@ -31,6 +33,9 @@ from .spec import Lfm2Spec
 from .weights import Checkpoint
 
 DECODER, EMBED_TOKENS, VISION_ENCODER = "decoder_model_merged", "embed_tokens", "vision_encoder"
+# onnxruntime-genai's embedding model: embed_tokens plus the image-feature merge, reading
+# embed_tokens' external data file (the table is stored once).
+GENAI_EMBEDDING = "genai_embed_tokens"
 # onnxruntime-genai's image processor settings; processor_config.json is transformers' (and
 # transformers.js's) file of that name, so genai's gets its own.
 GENAI_PROCESSOR_CONFIG = "genai_processor_config.json"
@@ -105,7 +110,8 @@ def vision_js_dtype(opts: BuildOptions) -> str:
 
 def graph_files(opts: BuildOptions, taken: set[str]) -> dict[str, str]:
     """{session: file} of one variant; a file another EP's variant holds gets the EP appended."""
-    dtypes = {VISION_ENCODER: vision_js_dtype(opts), EMBED_TOKENS: opts.js_dtype, DECODER: opts.js_dtype}
+    dtypes = {VISION_ENCODER: vision_js_dtype(opts), EMBED_TOKENS: opts.js_dtype, GENAI_EMBEDDING: opts.js_dtype,
+              DECODER: opts.js_dtype}
     files = {}
     for session, dtype in dtypes.items():
         file = f"onnx/{session}{_FILE_SUFFIX[dtype]}.onnx"
@@ -121,12 +127,21 @@ def js_dtypes(opts: BuildOptions) -> dict[str, str]:
 def build_graph(session: str, spec: Lfm2Spec, config: dict, ckpt: Checkpoint, opts: BuildOptions) -> ir.Model:
     if session == DECODER:
         return build_model(spec, ckpt, opts, on_embeddings=True)
-    if session == EMBED_TOKENS:
-        return build_embed_tokens(spec, ckpt, opts)
+    if session in (EMBED_TOKENS, GENAI_EMBEDDING):
+        return build_embed_tokens(spec, ckpt, opts, image_features=session == GENAI_EMBEDDING)
     module = _vision_module()
     if module is None:
         raise _vision_unavailable()
     return module.build_vision_encoder(module.VisionSpec.from_config(config), ckpt, opts)
+
+
+def share_weights(model: ir.Model, saved: ir.Model) -> None:
+    """Point model's initializers at the tensors `saved` was written with (its external data file):
+    the genai embedding model reads embed_tokens' table instead of storing a second copy."""
+    written = saved.graph.initializers
+    for name, value in model.graph.initializers.items():
+        if name in written:  # the merge's own small constants stay in the graph
+            value.const_value = written[name].const_value
 
 
 # --- processor files --------------------------------------------------------------------------------
@@ -222,7 +237,7 @@ def make_vl_genai_config(spec: Lfm2Spec, opts: BuildOptions, generation: dict | 
     model["decoder"]["inputs"] = {"inputs_embeds": "inputs_embeds",
                                   **{k: v for k, v in inputs.items() if k != "input_ids"}}
     session_options = model["decoder"]["session_options"]
-    model["embedding"] = {"filename": files[EMBED_TOKENS], "inputs": {"input_ids": "input_ids"},
+    model["embedding"] = {"filename": files[GENAI_EMBEDDING], "inputs": {"input_ids": "input_ids", "image_features": "image_features"},
                           "outputs": {"inputs_embeds": "inputs_embeds"}, "session_options": session_options}
     model["vision"] = {
         "filename": files[VISION_ENCODER],

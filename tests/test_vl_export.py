@@ -99,6 +99,20 @@ def test_embed_tokens_is_the_embedding_table(graphs, reference):
     np.testing.assert_array_equal(embeds, table[ids])
 
 
+def test_genai_embedding_merges_image_features_in_order(vl_checkpoint, reference, tmp_path):
+    spec, _, _ = load_spec(vl_checkpoint)
+    ckpt = vl.open_checkpoint(vl_checkpoint, spec)
+    session = _session(build_embed_tokens(spec, ckpt, BuildOptions("fp32", "cpu"), image_features=True), tmp_path,
+                       "genai_embed")
+    image = spec.image_token_id
+    ids = np.array([[1, image, image, 5, image]], dtype=np.int64)
+    features = np.random.default_rng(0).standard_normal((3, spec.hidden_size)).astype(np.float32)
+    (embeds,) = session.run(["inputs_embeds"], {"input_ids": ids, "image_features": features})
+    table = reference.get_input_embeddings().weight.detach().numpy()
+    np.testing.assert_array_equal(embeds[0, [0, 3]], table[[1, 5]])
+    np.testing.assert_array_equal(embeds[0, [1, 2, 4]], features)
+
+
 def test_decoder_on_embeddings_matches_transformers_over_32_steps(graphs, reference):
     spec, decoder, _ = graphs
     driver, table = EmbedsDriver(spec, decoder), reference.get_input_embeddings().weight.detach()
@@ -267,7 +281,8 @@ def test_genai_config_sections(vl_checkpoint):
     assert model["type"] == "lfm2_vl" and model["image_token_id"] == spec.image_token_id
     assert model["decoder"]["filename"] == "onnx/decoder_model_merged_q4.onnx"
     assert "input_ids" not in model["decoder"]["inputs"] and model["decoder"]["inputs"]["inputs_embeds"]
-    assert model["embedding"]["filename"] == "onnx/embed_tokens_q4.onnx"
+    assert model["embedding"]["filename"] == "onnx/genai_embed_tokens_q4.onnx"  # embed_tokens + the merge
+    assert model["embedding"]["inputs"] == {"input_ids": "input_ids", "image_features": "image_features"}
     assert model["vision"]["filename"] == "onnx/vision_encoder.onnx"  # float for a quantized decoder
     assert model["vision"]["inputs"] == {"pixel_values": "pixel_values", "attention_mask": "pixel_attention_mask",
                                          "image_sizes": "spatial_shapes"}
@@ -299,6 +314,7 @@ def test_folder_layout(vl_checkpoint, tmp_path):
                  progress=False).folder
     names = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
     for name in ("onnx/decoder_model_merged.onnx", "onnx/embed_tokens.onnx", "onnx/vision_encoder.onnx",
+                 "onnx/genai_embed_tokens.onnx", "onnx/genai_embed_tokens_q4.onnx",
                  "onnx/decoder_model_merged_q4.onnx", "onnx/embed_tokens_q4.onnx", "config.json",
                  "genai_config.json", "preprocessor_config.json", "processor_config.json",
                  vl.GENAI_PROCESSOR_CONFIG, "tokenizer.json", "chat_template.jinja", "variants.json"):
@@ -393,3 +409,69 @@ def test_real_shape_graphs_without_weights():
         embed = build_embed_tokens(spec, ckpt, opts)
         assert [v.name for v in embed.graph.outputs] == ["inputs_embeds"]
         assert Counter(n.op_type for n in embed.graph)["GatherBlockQuantized" if opts.bits else "Gather"] == 1
+
+
+# --- clients ----------------------------------------------------------------------------------------
+
+
+def _write_png(path: Path, pixels: np.ndarray) -> None:
+    """An RGB PNG written with zlib alone (onnxruntime-genai decodes image files itself)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    h, w, _ = pixels.shape
+    raw = b"".join(b"\x00" + row.tobytes() for row in pixels.astype(np.uint8))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
+def test_genai_runs_the_folder_with_an_image_as_transformers_does(tmp_path):
+    """onnxruntime-genai 0.18 loads the folder as written and generates from a prompt with an image;
+    its greedy tokens equal transformers' on the pixels and ids genai's own processor made (genai's
+    processor resizes without tiling and writes no <|image_start|> markup: what differs from
+    transformers' processor is the prompt, not the model)."""
+    og = pytest.importorskip("onnxruntime_genai")
+    import shutil
+
+    real = shared_model("LFM2-VL-450M")  # the tokenizer with LFM2-VL's image tokens
+    text = tiny_vl_config()["text_config"]
+    checkpoint = write_tiny_checkpoint(tmp_path / "ckpt", vl=True, seed=1, text_config={**text, "vocab_size": 65536})
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        shutil.copyfile(real / name, checkpoint / name)
+    from lfm2_onnx.builder.export import export
+
+    out = export(checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu"), progress=False).folder
+    _write_png(tmp_path / "image.png", np.random.default_rng(0).integers(0, 256, (64, 96, 3)))
+    model = og.Model(str(out))
+    tokenizer = og.Tokenizer(model)
+    prompt = tokenizer.apply_chat_template(
+        messages=json.dumps([{"role": "user", "content": "<image>What is in the picture?"}]), add_generation_prompt=True)
+    inputs = model.create_multimodal_processor()(prompt, images=og.Images.open(str(tmp_path / "image.png")))
+    ids = inputs["input_ids"].as_numpy().astype(np.int64)
+    pixels, sizes = inputs["pixel_values"].as_numpy(), inputs["image_sizes"].as_numpy()
+    steps = 16
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=ids.shape[1] + steps, do_sample=False)
+    generator = og.Generator(model, params)
+    generator.set_inputs(inputs)
+    while not generator.is_done():
+        generator.generate_next_token()
+    genai_tokens = [int(t) for t in generator.get_sequence(0)][ids.shape[1]:]
+
+    spec, _, _ = load_spec(checkpoint)
+    assert (ids == spec.image_token_id).sum() == int(np.prod(sizes[0])) // 4 > 0
+    mask = np.zeros(pixels.shape[:2], np.int64)
+    mask[0, :int(np.prod(sizes[0]))] = 1
+    reference = transformers.Lfm2VlForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = reference.generate(input_ids=torch.from_numpy(ids), pixel_values=torch.from_numpy(pixels),
+                                      pixel_attention_mask=torch.from_numpy(mask),
+                                      spatial_shapes=torch.from_numpy(sizes), max_new_tokens=steps,
+                                      do_sample=False)[0, ids.shape[1]:].tolist()
+    # genai's sequence stops before an EOS token, transformers' keeps it.
+    assert genai_tokens == expected[:len(genai_tokens)]
+    assert len(genai_tokens) == steps or expected[len(genai_tokens)] in spec.eos_token_ids
