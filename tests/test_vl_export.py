@@ -475,3 +475,51 @@ def test_genai_runs_the_folder_with_an_image_as_transformers_does(tmp_path):
     # genai's sequence stops before an EOS token, transformers' keeps it.
     assert genai_tokens == expected[:len(genai_tokens)]
     assert len(genai_tokens) == steps or expected[len(genai_tokens)] in spec.eos_token_ids
+
+
+@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
+@pytest.mark.parametrize("precision", ["fp32", "int4"])
+def test_transformers_js_runs_the_folder_with_images(vl_checkpoint, reference, tmp_path, precision):
+    """transformers.js 4.3.1 loads the folder as written (its dtype per session from config.json) and
+    generates from a prompt with two images: greedy tokens equal transformers' in fp32; int4 (q4)
+    runs its quantized decoder/embed_tokens beside the float vision encoder."""
+    import shutil
+    import subprocess
+
+    node = shutil.which("node")
+    clients = Path(__file__).parent / "clients"
+    if node is None or not (clients / "node_modules" / "@huggingface" / "transformers").is_dir():
+        pytest.skip("node or transformers.js missing; run tests/clients/install.sh")
+    from lfm2_onnx.builder.export import export
+
+    out = export(vl_checkpoint, tmp_path / "out", BuildOptions(precision, "cpu"), progress=False).folder
+    spec, _, _ = load_spec(vl_checkpoint)
+    rng = np.random.default_rng(7)
+    grids, slots = [(4, 4), (2, 4)], 16
+    pixels = rng.standard_normal((len(grids), slots, 3 * 16 * 16)).astype(np.float32)
+    mask = np.zeros((len(grids), slots), np.int64)
+    for i, (h, w) in enumerate(grids):
+        mask[i, :h * w] = 1
+    image = spec.image_token_id
+    ids = [1, 5] + [image] * 4 + [9, 10] + [image] * 2 + [11]
+    inputs = {"input_ids": [ids], "pixel_values": {"data": pixels.ravel().tolist(), "dims": list(pixels.shape)},
+              "pixel_attention_mask": {"data": mask.ravel().tolist(), "dims": list(mask.shape)},
+              "spatial_shapes": {"data": np.ravel(grids).tolist(), "dims": [len(grids), 2]}}
+    (tmp_path / "inputs.json").write_text(json.dumps(inputs))
+    steps = 16
+    result = subprocess.run([node, str(clients / "generate_vl.mjs"), "--model", str(out), "--inputs",
+                             str(tmp_path / "inputs.json"), "--max-new-tokens", str(steps)],
+                            cwd=clients, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["versions"]["transformers_js"] == "4.3.1"
+    generated = report["generated"]
+    with torch.no_grad():
+        expected = reference.generate(input_ids=torch.tensor([ids]), pixel_values=torch.from_numpy(pixels),
+                                      pixel_attention_mask=torch.from_numpy(mask),
+                                      spatial_shapes=torch.tensor(grids), max_new_tokens=steps,
+                                      do_sample=False)[0, len(ids):].tolist()
+    if precision == "fp32":
+        assert generated == expected
+    else:
+        assert len(generated) >= 1 and all(0 <= t < spec.vocab_size for t in generated)
