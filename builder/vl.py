@@ -30,6 +30,7 @@ from .genai_config import make_genai_config
 from .model import build_embed_tokens, build_model
 from .options import _FILE_SUFFIX, BuildOptions
 from .spec import Lfm2Spec
+from .vision_encoder import VisionSpec, build_vision_encoder, vision_expected_shapes
 from .weights import Checkpoint
 
 DECODER, EMBED_TOKENS, VISION_ENCODER = "decoder_model_merged", "embed_tokens", "vision_encoder"
@@ -72,32 +73,9 @@ def open_checkpoint(folder: Path, spec: Lfm2Spec) -> Checkpoint:
     return Checkpoint(folder, rename=vl_tensor_name if spec.is_vl else None)
 
 
-def _vision_module():
-    try:
-        from . import vision_encoder
-    except ImportError:
-        return None
-    return vision_encoder
-
-
-def _vision_unavailable() -> UserError:
-    return UserError("vision encoder export not available yet (builder/vision_encoder.py); "
-                     "LFM2-VL folders can't be built by this version")
-
-
-def vision_spec(config: dict):
-    module = _vision_module()
-    if module is None:
-        raise _vision_unavailable()
-    return module.VisionSpec.from_config(config)
-
-
 def vision_shapes(config: dict) -> dict[str, tuple[int, ...]]:
     """The vision tower's and projector's tensors with their shapes, for Checkpoint.validate."""
-    module = _vision_module()
-    if module is None:
-        raise _vision_unavailable()
-    return module.vision_expected_shapes(module.VisionSpec.from_config(config))
+    return vision_expected_shapes(VisionSpec.from_config(config))
 
 
 # --- graphs -----------------------------------------------------------------------------------------
@@ -129,10 +107,7 @@ def build_graph(session: str, spec: Lfm2Spec, config: dict, ckpt: Checkpoint, op
         return build_model(spec, ckpt, opts, on_embeddings=True)
     if session in (EMBED_TOKENS, GENAI_EMBEDDING):
         return build_embed_tokens(spec, ckpt, opts, image_features=session == GENAI_EMBEDDING)
-    module = _vision_module()
-    if module is None:
-        raise _vision_unavailable()
-    return module.build_vision_encoder(module.VisionSpec.from_config(config), ckpt, opts)
+    return build_vision_encoder(VisionSpec.from_config(config), ckpt, opts)
 
 
 def share_weights(model: ir.Model, saved: ir.Model) -> None:

@@ -299,14 +299,9 @@ def test_vl_goldens_are_current():
         assert (REPO / "genai_configs" / rel).read_text() == text, rel
 
 
-# --- the folder (needs the vision encoder) ----------------------------------------------------------
+# --- the folder ----------------------------------------------------------
 
 
-def _vision_available() -> bool:
-    return vl._vision_module() is not None
-
-
-@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
 def test_folder_layout(vl_checkpoint, tmp_path):
     from lfm2_onnx.builder.export import export
 
@@ -325,16 +320,6 @@ def test_folder_layout(vl_checkpoint, tmp_path):
                                                          "decoder_model_merged": "fp32"}
 
 
-def test_vision_missing_is_one_line(monkeypatch, vl_checkpoint, tmp_path):
-    from lfm2_onnx.builder.export import export
-
-    monkeypatch.setattr(vl, "_vision_module", lambda: None)
-    with pytest.raises(UserError, match="vision encoder export not available yet"):
-        export(vl_checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu"), progress=False)
-    assert not (tmp_path / "out").exists()
-
-
-@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
 def test_whole_model_with_an_image_matches_transformers(vl_checkpoint, reference, tmp_path):
     """Vision encoder -> image features at the image-token positions of embed_tokens' output ->
     decoder, against Lfm2VlForConditionalGeneration on the same pixels (built directly: transformers'
@@ -428,7 +413,6 @@ def _write_png(path: Path, pixels: np.ndarray) -> None:
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
 
 
-@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
 def test_genai_runs_the_folder_with_an_image_as_transformers_does(tmp_path):
     """onnxruntime-genai 0.18 loads the folder as written and generates from a prompt with an image;
     its greedy tokens equal transformers' on the pixels and ids genai's own processor made (genai's
@@ -477,7 +461,6 @@ def test_genai_runs_the_folder_with_an_image_as_transformers_does(tmp_path):
     assert len(genai_tokens) == steps or expected[len(genai_tokens)] in spec.eos_token_ids
 
 
-@pytest.mark.skipif(not _vision_available(), reason="builder/vision_encoder.py (issue 13's vision part) not merged")
 @pytest.mark.parametrize("precision", ["fp32", "int4"])
 def test_transformers_js_runs_the_folder_with_images(vl_checkpoint, reference, tmp_path, precision):
     """transformers.js 4.3.1 loads the folder as written (its dtype per session from config.json) and
