@@ -58,6 +58,11 @@ _FILE_SUFFIX = {"fp32": "", "fp16": "_fp16", "bf16": "_bf16", "q8": "_quantized"
                 "q8f16": "_q8f16", "q4f16": "_q4f16"}
 
 
+def file_suffix(js_dtype: str) -> str:
+    """transformers.js's file name suffix for a dtype: "" (fp32), "_fp16", "_q4", ..."""
+    return _FILE_SUFFIX[js_dtype]
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp32"

@@ -7,9 +7,9 @@ onnxruntime-genai 0.18's `lfm2_vl` pipeline reads them:
   onnx/decoder_model_merged{suffix}.onnx  inputs_embeds, attention_mask, caches -> logits, caches
 transformers.js puts image_features at the image-token positions of inputs_embeds itself;
 onnxruntime-genai's embedding model takes them as an input and merges them:
-  onnx/genai_embed_tokens{suffix}.onnx    input_ids, image_features -> inputs_embeds  (embed_tokens' data) The vision encoder
-(vision_encoder.py) stays float at the export's activation precision (fp32 on CPU, fp16 on CUDA for
-int8/int4), so its features have embed_tokens' dtype.
+  onnx/genai_embed_tokens{suffix}.onnx    input_ids, image_features -> inputs_embeds  (embed_tokens' data)
+The vision encoder (vision_encoder.py) stays float at the export's activation precision (fp32 on
+CPU, fp16 on CUDA for int8/int4), so its features have embed_tokens' dtype.
 
 Tensor names: LiquidAI's remote-code checkpoints and transformers 4.x / 5 save the same weights
 under different prefixes; vl_tensor_name presents them all under transformers 5's state_dict names,
@@ -28,7 +28,7 @@ from lfm2_onnx.errors import UserError
 
 from .genai_config import make_genai_config
 from .model import build_embed_tokens, build_model
-from .options import _FILE_SUFFIX, BuildOptions
+from .options import BuildOptions, file_suffix
 from .spec import Lfm2Spec
 from .vision_encoder import VisionSpec, build_vision_encoder, vision_expected_shapes
 from .weights import Checkpoint
@@ -92,8 +92,8 @@ def graph_files(opts: BuildOptions, taken: set[str]) -> dict[str, str]:
               DECODER: opts.js_dtype}
     files = {}
     for session, dtype in dtypes.items():
-        file = f"onnx/{session}{_FILE_SUFFIX[dtype]}.onnx"
-        files[session] = file if file not in taken else f"onnx/{session}{_FILE_SUFFIX[dtype]}_{opts.ep}.onnx"
+        file = f"onnx/{session}{file_suffix(dtype)}.onnx"
+        files[session] = file if file not in taken else f"onnx/{session}{file_suffix(dtype)}_{opts.ep}.onnx"
     return files
 
 
@@ -162,10 +162,11 @@ def processor_files(checkpoint: Path, config: dict) -> dict[str, dict]:
     settings = image_processor_settings(checkpoint, config)
     image_processor = {"image_processor_type": "Lfm2VlImageProcessor", **settings}
     processor = {"processor_class": "Lfm2VlProcessor", "image_processor": image_processor}
-    for key in ("image_token", "image_start_token", "image_end_token", "image_thumbnail"):
-        path = checkpoint / "processor_config.json"
-        if path.exists() and key in (data := json.loads(path.read_text(encoding="utf-8"))):
-            processor[key] = data[key]
+    source = checkpoint / "processor_config.json"
+    source = json.loads(source.read_text(encoding="utf-8")) if source.exists() else {}
+    for key in ("image_token", "image_start_token", "image_end_token", "image_thumbnail"):  # prompt markup
+        if key in source:
+            processor[key] = source[key]
     return {"preprocessor_config.json": {**image_processor, "processor_class": "Lfm2VlProcessor"},
             "processor_config.json": processor,
             GENAI_PROCESSOR_CONFIG: genai_processor_config(settings)}
