@@ -26,6 +26,7 @@ from .architectures import hf_classes
 from .blocks import FUSED_LINEARS
 from .quantize import read_quantized_weights
 from .spec import load_spec
+from .vl import vl_tensor_name
 
 DEFAULT_PROMPTS = (
     "The capital of France is",
@@ -217,11 +218,14 @@ def dequantized_reference(folder: Path, checkpoint: Path, onnx_file: str | None 
     """
     model = load_reference(checkpoint)
     state = model.state_dict()  # shares storage with the parameters (and ties embed/lm_head)
+    # The graph's weight names are an LFM2 checkpoint's; an LFM2-VL model's decoder is under
+    # model.language_model (vl_tensor_name maps back; LFM2's own names map to themselves).
+    names = {vl_tensor_name(k): k for k in state}
     onnx_path = Path(folder) / (onnx_file or read_genai_config(folder)["model"]["decoder"]["filename"])
-    weights = _split_fused(read_quantized_weights(onnx_path), {k: tuple(v.shape) for k, v in state.items()})
+    weights = _split_fused(read_quantized_weights(onnx_path), {n: tuple(state[k].shape) for n, k in names.items()})
     with torch.no_grad():
         for name, weight in weights.items():
-            target = state[name]
+            target = state[names[name]]
             value = torch.from_numpy(np.ascontiguousarray(weight[..., : target.shape[-1]]))  # drop block padding
             if tuple(value.shape) != tuple(target.shape):
                 raise AssertionError(f"{name}: export holds {tuple(value.shape)}, model has {tuple(target.shape)}")

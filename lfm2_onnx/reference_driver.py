@@ -70,6 +70,15 @@ class ReferenceDriver:
                 self._past[i] = [names["past_conv_names"] % i]
                 self._present[i] = [names["present_conv_names"] % i]
         self._inputs = {i.name: i for i in self.session.get_inputs()}
+        # An LFM2-VL decoder (decoder_model_merged*.onnx) takes inputs_embeds: text prompts go through
+        # the variant's embed_tokens graph first (the same suffix: the folder's naming contract).
+        self.embed_session = None
+        if "inputs_embeds" in self._inputs:
+            embed = self.path.with_name(self.path.name.replace("decoder_model_merged", "embed_tokens", 1))
+            if embed == self.path or not embed.exists():
+                raise UserError(f"{folder}: {self.path.name} takes inputs_embeds but {embed.name} is missing; "
+                                "build the export again")
+            self.embed_session = ort.InferenceSession(str(embed), options, providers=providers)
         cache_input = next((n for names in self._past.values() for n in names), "logits")
         meta = self._inputs.get(cache_input) or self.session.get_outputs()[0]
         self.precision = {"tensor(float16)": "fp16", "tensor(bfloat16)": "bf16"}.get(meta.type, "fp32")
@@ -112,6 +121,9 @@ class ReferenceDriver:
             positions = np.cumsum(state.attention_mask, axis=1) - 1
             feeds["position_ids"] = np.maximum(positions[:, -ids.shape[1]:], 0)
         feeds = {k: OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        if self.embed_session is not None:
+            (feeds["inputs_embeds"],) = self.embed_session.run_with_ort_values(
+                ["inputs_embeds"], {"input_ids": feeds.pop("input_ids")})
         output_names = ["logits"] + [n for names in self._present.values() for n in names]
         outputs = dict(zip(output_names, self.session.run_with_ort_values(output_names, {**feeds, **state.caches})))
         for i, past_names in self._past.items():

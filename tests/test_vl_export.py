@@ -506,3 +506,17 @@ def test_transformers_js_runs_the_folder_with_images(vl_checkpoint, reference, t
         assert generated == expected
     else:
         assert len(generated) >= 1 and all(0 <= t < spec.vocab_size for t in generated)
+
+
+def test_build_verify_checks_text_prompts_through_embed_tokens(tmp_path, capsys):
+    """build -m lfm2-vl-tiny-random --verify: the variants' embed_tokens + decoder on text prompts
+    against Lfm2VlForConditionalGeneration (int4 against its own dequantized weights)."""
+    from lfm2_onnx.build import main
+    from lfm2_onnx.variants import read_manifest
+
+    out = tmp_path / "out"
+    assert main(["-m", "lfm2-vl-tiny-random", "-p", "fp32,int4", "-o", str(out), "--verify", "--quiet"]) == 0
+    assert capsys.readouterr().out.count("PASS") == 2
+    verified = {v.name: v.verify for v in read_manifest(out).variants}
+    assert verified["cpu-fp32"]["passed"] and verified["cpu-fp32"]["greedy_match"] == [3, 3]
+    assert verified["cpu-int4"]["passed"] and verified["cpu-int4"]["judged_against"] == "dequantized weights"
