@@ -520,3 +520,61 @@ def test_build_verify_checks_text_prompts_through_embed_tokens(tmp_path, capsys)
     verified = {v.name: v.verify for v in read_manifest(out).variants}
     assert verified["cpu-fp32"]["passed"] and verified["cpu-fp32"]["greedy_match"] == [3, 3]
     assert verified["cpu-int4"]["passed"] and verified["cpu-int4"]["judged_against"] == "dequantized weights"
+
+
+def _legacy_name(name: str) -> str:
+    """LiquidAI's remote-code / transformers 4.x layout: SigLIP2's vision_model level kept, and the
+    llava-style top-level prefixes."""
+    name = name.replace("model.vision_tower.", "vision_tower.vision_model.", 1)
+    name = name.replace("model.multi_modal_projector.", "multi_modal_projector.", 1)
+    return name.replace("model.language_model.", "language_model.model.", 1)
+
+
+def test_legacy_checkpoint_builds_the_same_folder(vl_checkpoint, tmp_path):
+    """model_type lfm2-vl with old text_config fields, legacy tensor names, and the image settings
+    split over preprocessor_config.json + processor_config.json: the same graphs' outputs and the same
+    image settings as the native checkpoint."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from lfm2_onnx.builder.export import export
+
+    legacy = tmp_path / "legacy"
+    shutil.copytree(vl_checkpoint, legacy)
+    config = json.loads((vl_checkpoint / "config.json").read_text())
+    (legacy / "config.json").write_text(json.dumps(_legacy(config)))
+    state = load_file(vl_checkpoint / "model.safetensors")
+    save_file({_legacy_name(k): v for k, v in state.items()}, legacy / "model.safetensors")
+    nested = json.loads((vl_checkpoint / "processor_config.json").read_text())["image_processor"]
+    siglip = ("do_normalize", "do_rescale", "do_resize", "resample", "rescale_factor", "image_mean", "image_std")
+    (legacy / "preprocessor_config.json").write_text(json.dumps(
+        {"image_processor_type": "Siglip2ImageProcessor", "processor_class": "Lfm2VlProcessor",
+         "auto_map": {"AutoProcessor": "processing_lfm2_vl.Lfm2VlProcessor"}, **{k: nested[k] for k in siglip}}))
+    (legacy / "processor_config.json").write_text(json.dumps(
+        {"processor_class": "Lfm2VlProcessor", **{k: v for k, v in nested.items() if k not in siglip
+                                                 and k != "image_processor_type"}}))
+
+    folders = [export(c, tmp_path / name, BuildOptions("fp32", "cpu"), progress=False).folder
+               for c, name in ((vl_checkpoint, "native_out"), (legacy, "legacy_out"))]
+    for name in ("preprocessor_config.json", "genai_processor_config.json", "genai_config.json"):
+        texts = [json.loads((f / name).read_text()) for f in folders]
+        assert texts[0] == texts[1], name
+    spec, _, _ = load_spec(vl_checkpoint)
+    ids = np.array([[1, 5, 9, 10, 11]], np.int64)
+    outputs = []
+    for folder in folders:
+        embed = ort.InferenceSession(str(folder / "onnx/embed_tokens.onnx"), providers=["CPUExecutionProvider"])
+        decoder = ort.InferenceSession(str(folder / "onnx/decoder_model_merged.onnx"),
+                                       providers=["CPUExecutionProvider"])
+        vision = ort.InferenceSession(str(folder / "onnx/vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+        driver = EmbedsDriver(spec, decoder)
+        (embeds,) = embed.run(["inputs_embeds"], {"input_ids": ids})
+        logits, _ = driver.run(embeds, np.ones_like(ids), driver.empty(1))
+        pixels = np.random.default_rng(0).standard_normal((1, 16, 768)).astype(np.float32)
+        (features,) = vision.run(["image_features"], {"pixel_values": pixels,
+                                                     "pixel_attention_mask": np.ones((1, 16), np.int64),
+                                                     "spatial_shapes": np.array([[4, 4]], np.int64)})
+        outputs.append((logits, features))
+    for a, b in zip(*outputs):
+        np.testing.assert_array_equal(a, b)
