@@ -376,7 +376,7 @@ def test_real_shape_graphs_without_weights():
 
     spec, _, _ = load_spec(shared_model("LFM2-VL-450M"))
     ckpt = _ShapesOnly(expected_shapes(spec))
-    for precision, ep in (("fp32", "cpu"), ("fp16", "cuda"), ("int4", "cpu")):
+    for precision, ep in (("fp32", "cpu"), ("fp16", "cuda"), ("bf16", "cuda"), ("int8", "cuda"), ("int4", "cpu")):
         opts = BuildOptions(precision, ep)
         decoder = build_model(spec, ckpt, opts, on_embeddings=True)
         inputs = [v.name for v in decoder.graph.inputs]
