@@ -17,7 +17,8 @@ tokens; the engines alternate, --runs times. Prefill tokens/s = prompt tokens / 
 new token; decode tokens/s = (new tokens - 1) / the time after it. Each cell is the median of the
 runs, then the best run: on a machine shared with other work the best run is the one least disturbed.
 --ort-config runs ours under several sets of onnxruntime session config entries (the levers
-measured in BENCHMARKS.md), e.g. --ort-config "" session.intra_op.allow_spinning=1.
+measured in BENCHMARKS.md), e.g. --ort-config "" session.intra_op.allow_spinning=1; cpu_mem_arena=1 turns
+onnxruntime's CPU memory arena on (lfm2_onnx.session.CPU_MEMORY_ARENA).
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ def child_ours(folder: str, threads: int, lengths: list[int], gen: int, seed: in
     from lfm2_onnx.sampling import SamplingParams
 
     session.CPU_THREADS = threads
+    config = dict(config)
+    session.CPU_MEMORY_ARENA = config.pop("cpu_mem_arena", "0") == "1"  # a SessionOptions field, not an entry
     session.CPU_SESSION_CONFIG.update(config)
     model = Lfm2Model.load(folder, ep="cpu", max_length=max(lengths) + gen + 8)
     greedy = SamplingParams()

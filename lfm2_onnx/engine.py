@@ -75,7 +75,7 @@ class Engine:
         self.layout, self.ep, self.capacity = layout, ep, capacity
         self.device = "cuda" if ep == "cuda" else "cpu"
         self.cuda_graph = cuda_graph and ep == "cuda"
-        self.sessions = DecoderSessions(layout, ep, cuda_graph=self.cuda_graph)
+        self.sessions = DecoderSessions(layout, ep, cuda_graph=self.cuda_graph, positions=capacity)
         inputs = {i.name: i for i in self.sessions.uniform.get_inputs()}
         self._cache_type = next((inputs[n].type for n in inputs if n.startswith(("past", "past_"))), "tensor(float)")
         conv = inputs.get(layout.past_conv % layout.conv_layers[0]) if layout.conv_layers else None

@@ -232,6 +232,73 @@ def _drop_unused(model: ir.Model, input_name: str) -> None:
             graph.inputs.remove(value)
 
 
+# -- CPU memory -------------------------------------------------------------------------------
+def bound_rotary_tables(model: ir.Model, positions: int) -> None:
+    """The rotary cos/sin tables computed for `positions` rows (the runtime's KV capacity), in place.
+
+    The folder's graph computes them for the model's whole context (128k rows, 2 x 16 MB at LFM2's
+    shape), which onnxruntime folds into constants at load; no run can reach a row past the cache.
+    """
+    for node in model.graph:
+        if node.op_type != "GroupQueryAttention" or node.domain != MS:
+            continue
+        for table in node.inputs[7:9]:
+            for rng in _producers(table, "Range"):
+                limit = rng.inputs[1].const_value
+                if limit is not None and limit.numpy().size == 1 and limit.numpy().item() > positions:
+                    array = np.asarray(positions, dtype=limit.numpy().dtype)
+                    rng.replace_input_with(1, _const(model.graph, f"runtime/rotary_positions_{array.dtype}", array))
+
+
+def _producers(value: ir.Value | None, op_type: str) -> list[ir.Node]:
+    """The op_type nodes among value's ancestors."""
+    found, stack, seen = [], [value], set()
+    while stack:
+        ancestor = stack.pop()
+        node = ancestor.producer() if ancestor is not None else None
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        if node.op_type == op_type:
+            found.append(node)
+        stack.extend(v for v in node.inputs if v is not None)
+    return found
+
+
+def external_reshapes_as_views(model: ir.Model) -> None:
+    """Reshape(external weight, constant shape) -> the same bytes of the data file, declared in that shape.
+
+    onnxruntime folds such a Reshape into a copy in memory at load (the int4 embedding table viewed
+    as [vocab, bytes] for GatherBlockQuantized: 32 MB at 350M, beside MatMulNBits' prepacked LM
+    head); a second initializer over the same file range is memory-mapped instead, and only the
+    rows read become resident.
+    """
+    graph = model.graph
+    for node in list(graph):
+        if node.op_type != "Reshape" or node.domain not in ("", "ai.onnx"):
+            continue
+        data, shape = node.inputs[0], node.inputs[1]
+        stored = data.const_value if data is not None and data.is_initializer() else None
+        target = shape.const_value if shape is not None else None
+        if not isinstance(stored, ir.ExternalTensor) or target is None or not data.name:
+            continue
+        dims = [int(d) for d in target.numpy().tolist()]
+        if dims.count(-1) > 1 or 0 in dims:
+            continue
+        size = int(np.prod(stored.shape.numpy()))
+        if -1 in dims:
+            dims[dims.index(-1)] = size // -int(np.prod(dims))
+        if int(np.prod(dims)) != size:
+            continue
+        name = f"{data.name}/as_{'x'.join(map(str, dims))}"
+        view = ir.ExternalTensor(stored.location, stored.offset, stored.length, stored.dtype,
+                                 shape=ir.Shape(dims), name=name, base_dir=stored.base_dir)
+        value = ir.Value(name=name, type=ir.TensorType(stored.dtype), shape=ir.Shape(dims), const_value=view)
+        graph.register_initializer(value)
+        node.outputs[0].replace_all_uses_with(value)
+    RemoveUnusedNodesPass()(model)
+
+
 # -- sessions ---------------------------------------------------------------------------------
 def external_weights(model: ir.Model) -> list[ir.Value]:
     """The initializers stored in external data files: the weights worth uploading once."""

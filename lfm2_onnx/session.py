@@ -151,6 +151,7 @@ CPU_SESSION_CONFIG: dict[str, str] = {
     # idle 89 / 89 / 78 and beside two busy processes 30 / 39 / 43 (unbounded / 100 us / none).
     "session.intra_op.spin_duration_us": "100",
 }
+CPU_MEMORY_ARENA = False  # onnxruntime's CPU arena; why it's off: cpu_session_options
 
 
 # Ops whose CPU kernels need their weights prepacked (MatMulNBits without it: 0.2 tokens/s). MoE
@@ -168,6 +169,10 @@ def cpu_session_options(options, prepack: bool) -> None:
     """
     if CPU_THREADS:
         options.intra_op_num_threads = CPU_THREADS
+    # No arena: it keeps the largest prefill's activations for good (about 0.2 MB per prompt token
+    # at 350M: +140 MB after a 512-token prompt and a batch); decode steps allocate a few small
+    # buffers. Shrinking it after each prefill instead kept 20-40 MB more (BENCHMARKS.md).
+    options.enable_cpu_mem_arena = CPU_MEMORY_ARENA
     config = {"session.disable_prepacking": "0" if prepack else "1", **CPU_SESSION_CONFIG}
     for key, value in config.items():
         options.add_session_config_entry(key, value)
@@ -187,10 +192,13 @@ class DecoderSessions:
     weights between sessions), so the CPU keeps one session, `ragged_prefill` is False and callers
     prefill unequal rows one at a time through `prefill` (no padding work either). onnxruntime reads
     the folder's data files itself (memory-mapped) and drops what it prepacked, so a loaded CPU model
-    holds about one copy of the weights (BENCHMARKS.md, benchmarks/cpu_memory.py).
+    holds about one copy of the weights (BENCHMARKS.md, benchmarks/cpu_memory.py). Two constants
+    onnxruntime would otherwise build at load are avoided on CPU: the rotary tables are computed for
+    `positions` rows (the KV capacity) rather than the model's context, and reshaped weights are
+    declared over the same file bytes (runtime_graphs.external_reshapes_as_views).
     """
 
-    def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False):
+    def __init__(self, layout: ModelLayout, ep: str, *, cuda_graph: bool = False, positions: int | None = None):
         from . import runtime_graphs
 
         self.layout, self.ep, self.cuda_graph = layout, ep, cuda_graph
@@ -198,6 +206,10 @@ class DecoderSessions:
         self._providers = providers_for(ep, layout, cuda_graph=cuda_graph)  # checks the EP before any upload
         try:
             self._folder_graph = runtime_graphs.load(layout.onnx_path)
+            if self.device == "cpu":  # what onnxruntime would otherwise copy at load (BENCHMARKS.md, CPU memory)
+                runtime_graphs.external_reshapes_as_views(self._folder_graph)
+                if positions:
+                    runtime_graphs.bound_rotary_tables(self._folder_graph, positions)
             uniform = runtime_graphs.uniform(self._folder_graph)
         except runtime_graphs.NotSpecialisable as e:
             raise UserError(f"{layout.onnx_path}: not an LFM2 decoder this runtime can run ({e})") from None

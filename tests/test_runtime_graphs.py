@@ -13,6 +13,7 @@ from lfm2_onnx.errors import UserError
 from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.session import DecoderSessions, ModelLayout
 from lfm2_onnx.reference_driver import ReferenceDriver
+from lfm2_onnx.sampling import SamplingParams
 
 PROMPTS = [[1, 45, 300, 17, 98, 412, 23, 77, 5, 640, 31], [1, 250, 9], [1, 88, 120, 700, 66, 15, 402]]
 
@@ -24,7 +25,10 @@ def layout(tiny_export):
 
 @pytest.fixture(scope="module")
 def sessions(layout):
-    return DecoderSessions(layout, "cpu")
+    return DecoderSessions(layout, "cpu", positions=CAPACITY)  # rotary tables for CAPACITY rows only
+
+
+CAPACITY = 32
 
 
 def test_uniform_graph_has_no_mask_regather_or_transposes(layout):
@@ -135,3 +139,55 @@ def test_a_graph_it_cannot_specialise_is_a_one_line_error(tiny_export, tmp_path)
     ir.save(ir.Model(graph, ir_version=10), folder / "onnx" / "model.onnx")
     with pytest.raises(UserError, match="not an LFM2 decoder this runtime can run .no GroupQueryAttention"):
         Lfm2Model.load(folder)
+
+
+def _rotary_limits(model: ir.Model) -> list[float]:
+    return [float(n.inputs[1].const_value.numpy()) for n in model.graph if n.op_type == "Range"
+            and n.inputs[1].const_value is not None and any(u.op_type in ("Cos", "Sin") or u.op_type == "Unsqueeze"
+                                                            for u, _ in n.outputs[0].uses())]
+
+
+def test_rotary_tables_cover_the_kv_capacity_only(layout, sessions):
+    """onnxruntime folds the tables at load: the model's whole context would be 2 x 16 MB at 350M."""
+    folder = runtime_graphs.load(layout.onnx_path)
+    assert _rotary_limits(folder) == [float(layout.context_length)]
+    runtime_graphs.bound_rotary_tables(folder, CAPACITY)
+    assert _rotary_limits(folder) == [float(CAPACITY)]
+    runtime_graphs.bound_rotary_tables(folder, 10**9)  # never beyond the model's own
+    assert _rotary_limits(folder) == [float(CAPACITY)]
+
+
+def test_a_full_cache_decodes_the_same_with_bounded_rotary_tables(tiny_export):
+    """The last position the cache holds still finds its row of the (bounded) tables."""
+    prompt = PROMPTS[0]
+    small = Lfm2Model.load(tiny_export, max_length=len(prompt) + 8)
+    large = Lfm2Model.load(tiny_export, max_length=256)
+    assert small.generate_ids([prompt], 8, SamplingParams()) == large.generate_ids([prompt], 8, SamplingParams())
+
+
+def test_int4_embedding_rows_read_the_file_bytes_of_the_lm_head(factory, tiny_checkpoint):
+    """The tied int4 table's Reshape for GatherBlockQuantized becomes a second initializer over the
+    same external bytes (onnxruntime would fold it into a copy in memory), with the same tokens."""
+    folder = factory.export(tiny_checkpoint, "int4")
+    layout = ModelLayout.from_folder(folder)
+    model = runtime_graphs.load(layout.onnx_path)
+    gather = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
+    assert gather.inputs[0].producer().op_type == "Reshape"
+    runtime_graphs.external_reshapes_as_views(model)
+    gather = next(n for n in model.graph if n.op_type == "GatherBlockQuantized")
+    view = gather.inputs[0].const_value
+    head = next(n for n in model.graph if n.op_type == "MatMulNBits" and n.inputs[1].name.startswith("model.embed"))
+    table = head.inputs[1].const_value
+    assert isinstance(view, ir.ExternalTensor) and gather.inputs[0].producer() is None
+    assert (view.location, view.offset, view.length) == (table.location, table.offset, table.length)
+    assert list(view.shape) == [table.shape[0], table.shape[1] * table.shape[2]]
+    assert not [n for n in model.graph if n.op_type == "Reshape" and n.inputs[0].is_initializer()]
+    np.testing.assert_array_equal(view.numpy(), table.numpy().reshape(view.shape.numpy()))
+    ids = Lfm2Model.load(folder, max_length=64).generate_ids(PROMPTS, 6, SamplingParams())  # greedy
+    driver = ReferenceDriver(folder)  # the folder's own graph, Reshape and all
+    for prompt, got in zip(PROMPTS, ids):
+        logits, state = driver.prefill([prompt])
+        want = [int(logits[0, -1].argmax())]
+        for _ in range(5):
+            want.append(int(driver.decode(np.array(want[-1:]), state)[0].argmax()))
+        assert got == want[:len(got)] and (len(got) == 6 or got[-1] in layout.eos_token_ids)
