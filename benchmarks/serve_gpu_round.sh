@@ -5,7 +5,9 @@
 # 1. the CUDA tests (engine buckets + graphs, runtime);
 # 2. python -m lfm2_onnx.bench, prompt 512, 128 new tokens, batch 64 and batch 1;
 # 3. python -m lfm2_onnx.serve --max-batch 64, then benchmarks/serve_load.py with 64 streaming clients
-#    (3 requests each) and with 1 client (10 requests), same prompt length and new tokens.
+#    (3 requests each, in 8 client processes) and with 1 client (10 requests), same prompt length and
+#    new tokens, each with the server's own view (--metrics); then the 64 clients again against a
+#    server started with --prefill-wait-steps 0 (every arrival prefilled at the next step), to compare.
 set -u
 models=${1:-../shared/models}; out=${2:-serve-out}; work=${WORK:-/tmp/serve-round}; port=${PORT:-8011}
 mkdir -p "$out" "$work"
@@ -21,11 +23,12 @@ for b in 64 1; do
   python3 -m lfm2_onnx.bench "$f" --ep cuda --prompt-len 512 --gen 128 --batch "$b" --json "$out/bench-b$b.json" \
     2>&1 | tail -4
 done
-python3 -m lfm2_onnx.serve "$f" --ep cuda --port "$port" --max-batch 64 --max-length 1024 --log-level warning \
-  > "$out/server.log" 2>&1 &
-server=$!
-trap 'kill $server 2>/dev/null' EXIT
-python3 - "$port" <<'PY'
+: > "$out/server.log"
+serve() {  # serve EXTRA_ARGS...: start the server, wait until it is healthy
+  python3 -m lfm2_onnx.serve "$f" --ep cuda --port "$port" --max-batch 64 --max-length 1024 --log-level warning "$@" \
+    >> "$out/server.log" 2>&1 &
+  server=$!
+  python3 - "$port" <<'PY'
 import sys, time, urllib.request
 for _ in range(600):
     try:
@@ -36,12 +39,18 @@ for _ in range(600):
 else:
     sys.exit("server never became healthy")
 PY
-load="python3 benchmarks/serve_load.py --url http://127.0.0.1:$port --prompt-len 512 --max-tokens 128 --vocab $vocab"
-$load --clients 64 --rounds 3 --json "$out/serve-c64.json"
+}
+trap 'kill $server 2>/dev/null' EXIT
+load="python3 benchmarks/serve_load.py --url http://127.0.0.1:$port --prompt-len 512 --max-tokens 128 --vocab $vocab --metrics"
+serve
+$load --clients 64 --rounds 3 --procs 8 --json "$out/serve-c64.json"
 $load --clients 1 --rounds 10 --json "$out/serve-c1.json"
 python3 - "$port" > "$out/metrics.txt" <<'PY'
 import sys, urllib.request
 print(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics").read().decode())
 PY
 grep -E "^lfm2_(slots|generation_tokens_total|requests_total)" "$out/metrics.txt"
+kill $server; wait $server 2>/dev/null
+serve --prefill-wait-steps 0
+$load --clients 64 --rounds 3 --procs 8 --json "$out/serve-c64-wait0.json"
 tail -3 "$out/server.log"

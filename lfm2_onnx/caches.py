@@ -9,6 +9,8 @@ writes for the next step into pair `1 - parity` (greedy decoding needs no copy i
 
 Runs bind a contiguous range of rows [start, start + rows) by address (IOBinding.bind_input with a
 pointer), so a decode step over the first n slots and a prefill into one slot use the same memory.
+Moving a request to another slot copies its rows of every cache on the device (a graph of Identity
+nodes bound row to row: move_row), so the engine can keep the running requests in the lowest slots.
 """
 
 from __future__ import annotations
@@ -89,6 +91,25 @@ class SlotCaches:
         self.capacity_scalar = np.array(capacity, np.int32)  # total_sequence_length of every decode step
         self._scores: dict[int, Rows] = {}  # by rows: a step over n rows reads back exactly n score rows
         self._vocab_row = np.zeros(layout.vocab_size, np.float32)
+        self._row_copy = None  # (session, buffers) made on the first move
+
+    def _state_buffers(self) -> list[Rows]:
+        """Every buffer whose rows are a request's state (KV, both conv parities)."""
+        return [b for pair in (*self.kv.values(), *self.conv.values()) for b in pair]
+
+    def move_row(self, source: int, target: int, make_session) -> None:
+        """Copy slot `source`'s state into slot `target` on the device (source is left as it was).
+
+        make_session(model) opens an onnx_ir model on the caches' device (DecoderSessions.helper_session)."""
+        if self._row_copy is None:
+            buffers = self._state_buffers()
+            self._row_copy = (make_session(row_copy_model([(b.element, b.shape[1:]) for b in buffers])), buffers)
+        session, buffers = self._row_copy
+        binding = session.io_binding()
+        for k, buffer in enumerate(buffers):
+            buffer.bind_input(binding, f"source_{k}", source, 1)
+            buffer.bind_output(binding, f"target_{k}", target, 1)
+        session.run_with_iobinding(binding)
 
     @property
     def nbytes(self) -> int:
@@ -135,3 +156,21 @@ class SlotCaches:
             else:
                 buffers[source].bind_input(binding, self.layout.past_conv % i, start, rows)
             buffers[target].bind_output(binding, self.layout.present_conv % i, start, rows)
+
+
+def row_copy_model(rows: list[tuple[int, list[int]]]):
+    """An onnx_ir model copying one row of each buffer: source_k -> Identity -> target_k.
+
+    rows: (ONNX element type, row shape without the batch) per buffer."""
+    import onnx_ir as ir
+
+    inputs, outputs, nodes = [], [], []
+    for k, (element, shape) in enumerate(rows):
+        kind = ir.TensorType(ir.DataType(element))
+        source = ir.Value(name=f"source_{k}", shape=ir.Shape([1, *shape]), type=kind)
+        target = ir.Value(name=f"target_{k}", shape=ir.Shape([1, *shape]), type=kind)
+        nodes.append(ir.Node("", "Identity", inputs=[source], outputs=[target]))
+        inputs.append(source)
+        outputs.append(target)
+    graph = ir.Graph(inputs=inputs, outputs=outputs, nodes=nodes, opset_imports={"": 21}, name="row_copy")
+    return ir.Model(graph, ir_version=10)

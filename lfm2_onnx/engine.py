@@ -11,6 +11,10 @@ that prefills its prompt to the step that stops it; requests join and leave betw
 is either a prefill of waiting requests into free slots (GroupQueryAttention refuses a multi-token
 step for rows with past context, so running requests wait that one step) or one decode step over
 slots [0, n), n the smallest bucket holding every running slot; each row has its own length.
+Requests admitted together prefill in one run when their slots are contiguous, so before admitting
+several the engine moves running requests down into the free slots below them (a device copy of
+their rows); while requests decode, a prefill step takes at most PREFILL_BUDGET prompt tokens, and
+with prefill_wait_steps an arrival may wait a few decode steps for others to share its run.
 Decode steps of one bucket bind the same addresses every time (two parities), so on CUDA each is
 captured once as a CUDA graph and replayed.
 
@@ -39,6 +43,9 @@ from .session import DecoderSessions, ModelLayout
 
 PREFILL_CHUNK = 2048  # a longer prompt is prefilled in chunks of this many tokens (one request per run)
 PREFILL_TOKENS = 65536  # prompt tokens (padded) prefilled together in one step at most
+# While requests decode, a prefill step stalls them all: it takes at most this many prompt tokens
+# (the first request is always taken), so their inter-token latency stays bounded.
+PREFILL_BUDGET = 4096
 
 
 @dataclass(eq=False)
@@ -69,9 +76,17 @@ class Request:
 
 class Engine:
     def __init__(self, layout: ModelLayout, ep: str, capacity: int, *, cuda_graph: bool = True,
-                 max_slots: int | None = None):
+                 max_slots: int | None = None, prefill_wait_steps: int = 0):
         """max_slots: a fixed number of slots, allocated now; None grows the slots (when idle) to fit
-        the waiting requests, which is what a caller that submits whole batches wants."""
+        the waiting requests, which is what a caller that submits whole batches wants.
+
+        prefill_wait_steps: while requests decode, a request that arrives may wait up to this many
+        decode steps so that the ones arriving after it share its prefill run (0: prefill at the
+        next step). A server whose clients arrive one by one wants a few: one prefill of k prompts
+        costs about one of a single prompt on a GPU, and every prefill stalls every running request."""
+        if prefill_wait_steps < 0:
+            raise UserError(f"prefill_wait_steps must be at least 0 (got {prefill_wait_steps})")
+        self.prefill_wait_steps = prefill_wait_steps
         self.layout, self.ep, self.capacity = layout, ep, capacity
         self.device = "cuda" if ep == "cuda" else "cpu"
         self.cuda_graph = cuda_graph and ep == "cuda"
@@ -90,6 +105,7 @@ class Engine:
         self._parity = 0  # which conv / ids / seqlens buffers hold the running rows' state
         self._fed_rows = 0  # the previous decode step left valid ids and lengths for rows [0, n) on the device
         self._last_was_prefill = False
+        self._waited_steps = 0  # decode steps run while the oldest waiting request waited
         self._decode_bindings: dict[tuple[int, int], tuple] = {}
         self._graph_ids = itertools.count(1)
         if max_slots is not None:
@@ -141,24 +157,45 @@ class Engine:
         return len(self._slots)
 
     @property
+    def last_step_prefill(self) -> bool:
+        """Whether the last step prefilled (else it decoded)."""
+        return self._last_was_prefill
+
+    @property
     def idle(self) -> bool:
         return not self._waiting and self.running == 0
 
     # -- one step -------------------------------------------------------------------------------
     def step(self) -> list[Request]:
         """Prefill waiting requests or run one decode step; returns the requests that advanced."""
-        if self._waiting and (self.running == 0 or not self._last_was_prefill):
+        if self._waiting and (self.running == 0 or self._prefill_due()):
             if self.running == 0 and not self.fixed_slots and len(self._waiting) > len(self._slots):
                 self._allocate(len(self._waiting))
             admitted = self._admit()
             if admitted:
                 self._last_was_prefill = True
+                self._waited_steps = 0
                 self._prefill(admitted)
                 return admitted
         self._last_was_prefill = False
         if self.running == 0:
             return []
+        if self._waiting:
+            self._waited_steps += 1
         return self._decode()
+
+    def _prefill_due(self) -> bool:
+        """Requests decode and some wait: prefill now, or decode once more to gather more arrivals?
+
+        Never two prefills in a row (the running requests would stall twice); then now if the wait
+        is over, the waiting prompts fill a prefill step, or they would take every free slot."""
+        if self._last_was_prefill:
+            return False
+        if self._waited_steps >= self.prefill_wait_steps:
+            return True
+        free = len(self._slots) - self.running
+        return (len(self._waiting) >= free
+                or sum(len(r.prompt) for r in itertools.islice(self._waiting, free)) >= PREFILL_BUDGET)
 
     # -- slots ----------------------------------------------------------------------------------
     def _allocate(self, slots: int) -> None:
@@ -170,12 +207,17 @@ class Engine:
         self._fed_rows = 0
 
     def _admit(self) -> list[Request]:
-        """Move waiting requests into the lowest free slots, up to PREFILL_TOKENS of prompt."""
+        """Move waiting requests into the lowest free slots, up to PREFILL_TOKENS of prompt (up to
+        PREFILL_BUDGET while others decode); with more than one, the running requests first move
+        down into the lowest slots so that the new ones take contiguous slots: one prefill run."""
+        budget = PREFILL_BUDGET if self.running else PREFILL_TOKENS
+        if len(self._waiting) > 1:
+            self._compact()
         admitted, tokens = [], 0
         free = (s for s, r in enumerate(self._slots) if r is None)
         while self._waiting:
             request = self._waiting[0]
-            if admitted and tokens + len(request.prompt) > PREFILL_TOKENS:
+            if admitted and tokens + len(request.prompt) > budget:
                 break
             slot = next(free, None)
             if slot is None:
@@ -185,6 +227,19 @@ class Engine:
             tokens += len(request.prompt)
             admitted.append(request)
         return admitted
+
+    def _compact(self) -> None:
+        """Running requests into slots [0, running): each one above a free slot below moves down
+        (its caches are copied on the device). Free slots then form one run at the top."""
+        running = self.running
+        holes = [s for s in range(running) if self._slots[s] is None]
+        movers = [r for r in self._slots[running:] if r is not None]
+        for slot, request in zip(holes, movers):
+            self.caches.move_row(request.slot, slot, self.sessions.helper_session)
+            self._slots[request.slot], self._slots[slot] = None, request
+            request.slot = slot
+        if holes:
+            self._fed_rows = 0  # rows moved: the host writes the next step's inputs
 
     def _release(self, request: Request) -> None:
         if request.slot is not None:

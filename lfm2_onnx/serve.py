@@ -31,6 +31,8 @@ def parser() -> ArgumentParser:
     p.add_argument("--api-key", help="require Authorization: Bearer KEY on /v1 (or set LFM2_API_KEY)")
     p.add_argument("--served-model-name", help="the model id clients send (default: the repo id, or the folder's "
                                                "name)")
+    p.add_argument("--prefill-wait-steps", type=int, default=4,
+                   help="decode steps a new request may wait so that later arrivals share its prefill (0: none)")
     p.add_argument("--no-cuda-graph", action="store_true", help="run decode steps without CUDA graphs")
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     return p
@@ -45,8 +47,8 @@ def main(argv=None) -> int:
         from .server import ServerConfig, create_app
     except ImportError as e:
         raise UserError(f"the server needs its extra ({e.name} is missing): pip install \"lfm2-onnx[serve]\"") from None
-    if args.max_batch < 1 or args.max_waiting < 0:
-        raise UserError("--max-batch must be at least 1 and --max-waiting at least 0")
+    if args.max_batch < 1 or args.max_waiting < 0 or args.prefill_wait_steps < 0:
+        raise UserError("--max-batch must be at least 1, --max-waiting and --prefill-wait-steps at least 0")
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be in 1..65535 (got {args.port})")
     from .lfm2_model import check_max_length
@@ -56,7 +58,7 @@ def main(argv=None) -> int:
     config = ServerConfig(folder=args.folder, ep=args.ep, precision=args.precision, revision=args.revision,
                           max_batch=args.max_batch, max_length=args.max_length, max_waiting=args.max_waiting,
                           api_key=args.api_key or os.environ.get("LFM2_API_KEY"), model_name=args.served_model_name,
-                          cuda_graph=not args.no_cuda_graph)
+                          cuda_graph=not args.no_cuda_graph, prefill_wait_steps=args.prefill_wait_steps)
     # create_app resolves the folder or repo id to one variant (a pull downloads it): a wrong folder, id,
     # variant or revision fails here, in one line, before listening; the model loads once it listens.
     app = create_app(config)

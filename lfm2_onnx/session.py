@@ -235,6 +235,17 @@ class DecoderSessions:
             self._ragged = self._session(runtime_graphs.ragged(self._folder_graph), cuda_graph=False)
         return self._ragged
 
+    def helper_session(self, model):
+        """A session for a small weightless graph (lfm2_onnx.caches.row_copy_model) on this EP."""
+        import onnxruntime as ort
+
+        from . import runtime_graphs
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        return ort.InferenceSession(runtime_graphs.serialize(model), options,
+                                    providers=providers_for(self.ep, self.layout, cuda_graph=False))
+
     def _session(self, model, *, cuda_graph: bool):
         import onnxruntime as ort
 

@@ -95,6 +95,77 @@ def test_chunked_prefill_while_others_decode(engine, alone, monkeypatch):
     assert running.generated == alone[(0, "greedy")]
 
 
+def _count_prefill_runs(engine: Engine, monkeypatch) -> list[list[int]]:
+    """The slots of each prefill run from now on."""
+    runs = []
+    for name in ("_prefill_uniform", "_prefill_ragged"):
+        method = getattr(engine, name)
+
+        def counted(run, method=method):
+            runs.append([r.slot for r in run])
+            return method(run)
+        monkeypatch.setattr(engine, name, counted)
+    return runs
+
+
+def test_running_requests_move_down_so_arrivals_prefill_together(engine, alone, monkeypatch):
+    """Slots 0 and 2 free up while 1 and 3 decode; two prompts arriving together: the request in
+    slot 3 moves into slot 0 (caches copied), the two new ones take 2 and 3 in one prefill run, and
+    every request still gets the tokens it gets alone (greedy, sampled and penalised rows moved)."""
+    a, b, c, d = (engine.add(Request(PROMPTS[i], 20, params)) for i, params in
+                  ((0, SamplingParams()), (1, SAMPLED), (2, SamplingParams()), (3, PENALISED)))
+    for _ in range(4):
+        engine.step()
+    assert [r.slot for r in (a, b, c, d)] == [0, 1, 2, 3]
+    engine.cancel(a)
+    engine.cancel(c)
+    runs = _count_prefill_runs(engine, monkeypatch)
+    new = [engine.add(Request(PROMPTS[i], 20)) for i in (3, 3)]  # equal lengths: one run on CPU too
+    engine.step()
+    assert (b.slot, d.slot) == (1, 0) and [r.slot for r in new] == [2, 3] and runs == [[2, 3]]
+    drain(engine, [b, d, *new])
+    assert b.generated == alone[(1, "sampled")] and d.generated == alone[(3, "penalised")]
+    assert [r.generated for r in new] == [alone[(3, "greedy")]] * 2 and engine.idle
+
+
+def test_arrivals_wait_a_few_steps_to_share_a_prefill(layout, alone, monkeypatch):
+    """prefill_wait_steps=3: a request arriving mid-decode joins within 3 decode steps, with what
+    arrived meanwhile in the same run; a burst larger than PREFILL_BUDGET is prefilled in parts,
+    a decode step between them; nobody waits when nothing runs."""
+    engine = Engine(layout, "cpu", capacity=128, max_slots=4, prefill_wait_steps=3)
+    first = engine.add(Request(PROMPTS[3], 20))
+    engine.step()
+    assert first.slot == 0 and len(first.generated) == 1  # idle engine: prefilled at once
+    runs = _count_prefill_runs(engine, monkeypatch)
+    early = engine.add(Request(PROMPTS[1], 20))
+    engine.step()
+    late = engine.add(Request(PROMPTS[1], 20))
+    kinds = []
+    for _ in range(4):
+        engine.step()
+        kinds.append(engine.last_step_prefill)
+    assert kinds == [False, False, True, False] and runs == [[1, 2]]
+    drain(engine, [first, early, late])
+    assert first.generated == alone[(3, "greedy")]
+    assert early.generated == late.generated == alone[(1, "greedy")]
+
+    monkeypatch.setattr(engine_module, "PREFILL_BUDGET", 2 * len(PROMPTS[3]))
+    runs.clear()
+    running = engine.add(Request(PROMPTS[0], 20))
+    engine.step()
+    burst = [engine.add(Request(PROMPTS[3], 20)) for _ in range(3)]  # fill every free slot: no wait
+    kinds = []
+    for _ in range(4):
+        engine.step()
+        kinds.append(engine.last_step_prefill)
+    assert kinds == [False, True, False, True] and runs == [[0], [1, 2], [3]]
+    drain(engine, [running, *burst])
+    assert running.generated == alone[(0, "greedy")]
+    assert [r.generated for r in burst] == [alone[(3, "greedy")]] * 3
+    with pytest.raises(UserError, match="prefill_wait_steps"):
+        Engine(layout, "cpu", capacity=128, max_slots=1, prefill_wait_steps=-1)
+
+
 def test_eos_and_budget_per_request(layout, alone):
     engine = Engine(layout, "cpu", capacity=128, max_slots=2)
     tokens = alone[(0, "greedy")]
@@ -158,7 +229,7 @@ def _schedule(engine: Engine) -> list[list[int]]:
     for _ in range(3):
         engine.step()
     engine.cancel(more[0])
-    late = [engine.add(Request(PROMPTS[4], 24))]
+    late = [engine.add(Request(PROMPTS[4], 24)) for _ in range(2)]  # two: running rows move down first
     drain(engine, first + more[1:] + late)
     return [r.generated for r in first + more[1:] + late]
 

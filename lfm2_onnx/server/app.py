@@ -55,6 +55,8 @@ class ServerConfig:
     api_key: str | None = None
     model_name: str | None = None
     cuda_graph: bool = True
+    # Decode steps an arriving request may wait so that later arrivals share its prefill (Engine).
+    prefill_wait_steps: int = 4
 
 
 class _State:
@@ -76,6 +78,7 @@ class _State:
             c = self.config
             model = Lfm2Model.from_layout(self.layout, c.ep, max_length=c.max_length, cuda_graph=c.cuda_graph,
                                           max_batch=c.max_batch)
+            model.engine.prefill_wait_steps = c.prefill_wait_steps
             worker = EngineWorker(model.engine, max_waiting=c.max_waiting, metrics=self.metrics)
             worker.start()
             self.model, self.worker = model, worker
@@ -275,6 +278,11 @@ async def _text(state: _State, job: Job) -> AsyncIterator[str]:
             if isinstance(item, ApiError):
                 raise item
             tokens, finish = item
+            while finish is None and not job.queue.empty():  # a reader that fell behind: one chunk for all
+                item = job.queue.get_nowait()
+                if isinstance(item, ApiError):
+                    raise item
+                tokens, finish = tokens + item[0], item[1]
             now = time.perf_counter()
             if tokens:
                 if last is None:
@@ -284,7 +292,7 @@ async def _text(state: _State, job: Job) -> AsyncIterator[str]:
                         metrics.itl.observe((now - last) / len(tokens))
                 last = now
                 metrics.generation_tokens.inc(len(tokens))
-            # The tokens of one delivery (one or two steps) go out as one piece: fewer chunks to write.
+            # The tokens of one delivery (one or more steps) go out as one piece: fewer chunks to write.
             out = "".join(job.text.push(token) for token in tokens)
             if job.text.stopped:
                 if out:

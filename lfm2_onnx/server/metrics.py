@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 _LATENCY_BUCKETS = (0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0)
+_STEP_BUCKETS = (0.0005, 0.001, 0.0015, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 _TTFT_BUCKETS = (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
 
@@ -24,12 +25,25 @@ class Metrics:
                               buckets=_TTFT_BUCKETS, registry=r)
         self.itl = Histogram("lfm2_inter_token_latency_seconds", "Between two tokens of a request",
                              buckets=_LATENCY_BUCKETS, registry=r)
+        # The engine thread's own view: what a step costs, how full decode steps are, how busy it is.
+        self.step = Histogram("lfm2_engine_step_seconds", "One engine step (prefill or decode), host work included",
+                              ["kind"], buckets=_STEP_BUCKETS, registry=r)
+        self.decode_rows = Counter("lfm2_engine_decode_rows", "Requests advanced by decode steps (sum over steps)",
+                                   registry=r)
+        self.prefill_requests = Counter("lfm2_engine_prefill_requests", "Requests prefilled", registry=r)
+        self.busy = Counter("lfm2_engine_busy_seconds", "Time the engine thread spent stepping and delivering",
+                            registry=r)
 
     def engine_state(self, running: int, waiting: int, slots: int) -> None:
         self.running.set(running)
         self.waiting.set(waiting)
         self.slots.set(slots)
         self.slot_use.set(running / slots if slots else 0.0)
+
+    def engine_step(self, prefill: bool, requests: int, seconds: float, busy: float) -> None:
+        self.step.labels("prefill" if prefill else "decode").observe(seconds)
+        (self.prefill_requests if prefill else self.decode_rows).inc(requests)
+        self.busy.inc(busy)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

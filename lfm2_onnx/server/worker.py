@@ -89,6 +89,7 @@ class EngineWorker:
                     return
                 orders = list(self._inbox)
                 self._inbox.clear()
+            began = time.perf_counter()
             for order, job in orders:
                 self._apply(order, job)
             try:
@@ -97,10 +98,15 @@ class EngineWorker:
                 log.exception("engine step failed")
                 self._fail_all(ApiError(500, f"generation failed: {one_line(e)}", type="server_error"))
                 continue
+            stepped = time.perf_counter()
             self._deliver(advanced)
-            with self._wake:
-                self._live = {job for job in self._live if not job.request.finished}
+            if orders or any(r.finished for r in advanced):  # else no job can have finished
+                with self._wake:
+                    self._live = {job for job in self._live if not job.request.finished}
             if self.metrics is not None:
+                if advanced:
+                    self.metrics.engine_step(self.engine.last_step_prefill, len(advanced), stepped - began,
+                                             time.perf_counter() - began)
                 self.metrics.engine_state(self.engine.running, self.waiting, self.engine.slots)
 
     def _apply(self, order: str, job: Job) -> None:
