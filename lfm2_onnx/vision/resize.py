@@ -1,0 +1,99 @@
+"""Antialiased resizing of uint8 images, bit-exact to torch's uint8 kernel (what transformers uses).
+
+transformers' Lfm2VlImageProcessor resizes uint8 tensors with torchvision, which on x86 (AVX2/AVX-512)
+and aarch64 CPUs runs torch's native uint8 antialiased kernel (Pillow-SIMD's algorithm): separable,
+horizontal pass first, each pass rounded back to uint8; filter weights computed in float64,
+normalised per output pixel, then scaled to int16 with a precision chosen from the largest weight;
+each output is `clip((sum(w * x) + 2**(p-1)) >> p, 0, 255)`. Pillow's own resize differs (22-bit
+int32 weights), by one level here and there, so it is not used. This module replays torch's integer
+arithmetic in numpy and gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import numpy as np
+
+# PIL resampling codes, as the configs spell them (`"resample": 2`).
+BILINEAR, BICUBIC = 2, 3
+RESAMPLE_NAMES = {BILINEAR: "bilinear", BICUBIC: "bicubic"}
+
+
+def _bilinear(x: float) -> float:
+    x = abs(x)
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+def _bicubic(x: float) -> float:
+    # Keys' cubic convolution with a = -0.5, torch's antialiased bicubic filter (and Pillow's).
+    a = -0.5
+    x = abs(x)
+    if x < 1.0:
+        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    if x < 2.0:
+        return ((a * x - 5.0 * a) * x + 8.0 * a) * x - 4.0 * a
+    return 0.0
+
+
+_FILTERS = {BILINEAR: (_bilinear, 2), BICUBIC: (_bicubic, 4)}
+
+
+@lru_cache(maxsize=64)
+def _int16_weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(first input index [out], int16 weights [out, taps] zero-padded, precision bits) for one axis."""
+    filter_fn, interp_size = _FILTERS[resample]
+    scale = in_size / out_size
+    support = interp_size * 0.5 * scale if scale >= 1.0 else interp_size * 0.5
+    taps = int(math.ceil(support)) * 2 + 1
+    invscale = 1.0 / scale if scale >= 1.0 else 1.0
+    starts = np.zeros(out_size, dtype=np.int64)
+    weights = np.zeros((out_size, taps), dtype=np.float64)
+    for i in range(out_size):
+        center = scale * (i + 0.5)
+        xmin = max(int(center - support + 0.5), 0)  # int(): C++'s truncating cast
+        xsize = min(max(min(int(center + support + 0.5), in_size) - xmin, 0), taps)
+        w = [filter_fn((j + xmin - center + 0.5) * invscale) for j in range(xsize)]
+        total = sum(w)
+        if total != 0.0:
+            w = [v / total for v in w]
+        starts[i] = xmin
+        weights[i, :xsize] = w
+    w_max = float(weights.max()) if weights.size else 0.0
+    precision = 0
+    while precision < 22 and int(0.5 + w_max * (1 << (precision + 1))) < (1 << 15):
+        precision += 1
+    scaled = weights * (1 << precision)
+    # C++ (int)(v +- 0.5): round half away from zero
+    int_weights = np.where(scaled < 0, np.trunc(scaled - 0.5), np.trunc(scaled + 0.5)).astype(np.int32)
+    return starts, int_weights, precision
+
+
+def _resample_axis(image: np.ndarray, out_size: int, axis: int, resample: int) -> np.ndarray:
+    """One separable pass over `axis` (0 rows, 1 columns) of an HWC uint8 image, rounded to uint8."""
+    in_size = image.shape[axis]
+    starts, weights, precision = _int16_weights(in_size, out_size, resample)
+    src = image.astype(np.int32)
+    acc = np.full((out_size, image.shape[1], image.shape[2]) if axis == 0 else
+                  (image.shape[0], out_size, image.shape[2]), 1 << (precision - 1), dtype=np.int32)
+    for k in range(weights.shape[1]):
+        index = np.minimum(starts + k, in_size - 1)  # padded taps carry weight 0
+        w = weights[:, k]
+        if axis == 0:
+            acc += w[:, None, None] * src[index, :, :]
+        else:
+            acc += w[None, :, None] * src[:, index, :]
+    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+
+
+def resize(image: np.ndarray, height: int, width: int, resample: int = BILINEAR) -> np.ndarray:
+    """An HWC uint8 image resized to height x width (antialiased when shrinking), as torch computes it."""
+    if resample not in _FILTERS:
+        raise ValueError(f"resample {resample} is not supported (bilinear 2 or bicubic 3)")
+    out = image
+    if width != image.shape[1]:
+        out = _resample_axis(out, width, 1, resample)
+    if height != image.shape[0]:
+        out = _resample_axis(out, height, 0, resample)
+    return out
