@@ -174,3 +174,35 @@ def test_tokenizer_without_image_tokens_is_refused(tiny_checkpoint):
 def test_vision_imports_no_torch():
     code = "import sys, lfm2_onnx.vision; assert not {'torch', 'torchvision', 'transformers'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_split_image_parts_in_prompt_order(rgb):
+    from lfm2_onnx.vision.chat import has_image_parts, split_image_parts
+
+    url = "data:image/png;base64," + base64.b64encode(_png_bytes(Image.fromarray(rgb))).decode()
+    messages = [
+        {"role": "system", "content": "plain"},
+        {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image", "image": rgb},
+                                     {"type": "image_url", "image_url": {"url": url}}]},
+        {"role": "user", "content": [{"type": "image", "path": "/x.png"}, {"type": "image_url", "image_url": url},
+                                     {"type": "image", "url": "data:b"}]},
+    ]
+    assert has_image_parts(messages) and not has_image_parts(messages[:1])
+    template_messages, images = split_image_parts(messages)
+    assert images[0] is rgb and images[1:] == [url, "/x.png", url, "data:b"]
+    assert template_messages[0] == messages[0]
+    assert template_messages[1]["content"] == [{"type": "text", "text": "a"}, {"type": "image"}, {"type": "image"}]
+    assert template_messages[2]["content"] == [{"type": "image"}] * 3
+    assert messages[1]["content"][1]["image"] is rgb  # the caller's messages are left as they were
+
+
+@pytest.mark.parametrize("part, words", [
+    ({"type": "image"}, r"messages\[0\]\.content\[0\]: an image part needs its image"),
+    ({"type": "image_url", "image_url": {}}, r"messages\[0\]\.content\[0\]: an image_url part needs"),
+    ({"type": "image_url"}, "an image_url part needs"),
+])
+def test_image_parts_without_an_image(part, words):
+    from lfm2_onnx.vision.chat import split_image_parts
+
+    with pytest.raises(UserError, match=words):
+        split_image_parts([{"role": "user", "content": [part]}])

@@ -13,6 +13,7 @@ differ by one uint8 level, i.e. 1/255/std = 2/255 in pixel values, which is then
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import subprocess
@@ -68,6 +69,22 @@ CASES = {
     "nested_bicubic_small": ("nested_bicubic", [("gradient", 90, 70)], False),
     "nested_plain_tokens": ("nested_plain_tokens", [("noise", 1024, 1024)], False),
     "no_images": ("legacy", [], False),
+}
+
+# chat cases: folder, messages; ("img", kind, height, width, spelling) stands for an image part, spelled
+# as {"type": "image", "image": path} ("path") or OpenAI's image_url with a data: URL ("data_url")
+CHAT_CASES = {
+    "chat_one_image": ("legacy", [
+        {"role": "user", "content": [("img", "noise", 300, 400, "path"), {"type": "text", "text": "What is this?"}]}]),
+    "chat_multi_turn": ("legacy_thumbnail", [
+        {"role": "system", "content": "You look at pictures."},
+        {"role": "user", "content": [{"type": "text", "text": "Compare "}, ("img", "noise", 20, 30, "data_url"),
+                                     {"type": "text", "text": " and "}, ("img", "gradient", 1500, 2000, "path")]},
+        {"role": "assistant", "content": "The second is larger."},
+        {"role": "user", "content": [("img", "noise", 100, 1000, "data_url"), {"type": "text", "text": "And this?"}]}]),
+    "chat_nested": ("nested", [
+        {"role": "user", "content": [("img", "noise", 1024, 768, "data_url"), {"type": "text", "text": "Describe."}]}]),
+    "chat_text_only": ("legacy", [{"role": "user", "content": [{"type": "text", "text": "No picture today."}]}]),
 }
 
 
@@ -144,6 +161,28 @@ def vl_cases(tmp_path_factory):
         text = PROMPT.format(images="<image>" * len(specs))
         request.append({"name": case, "folder": str(folders[folder]), "text": text, "images": images[case],
                         "convert_rgb": convert_rgb})
+    for case, (folder, messages) in CHAT_CASES.items():
+        ours, theirs = [], []
+        for m, message in enumerate(messages):
+            if isinstance(message["content"], str):
+                ours.append(message), theirs.append(message)
+                continue
+            our_parts, their_parts = [], []
+            for i, part in enumerate(message["content"]):
+                if isinstance(part, dict):
+                    our_parts.append(part), their_parts.append(part)
+                    continue
+                _, kind, h, w, spelling = part
+                path = _make_image(kind, h, w, rng, root / f"{case}_{m}_{i}")
+                their_parts.append({"type": "image", "image_path": path})
+                if spelling == "path":
+                    our_parts.append({"type": "image", "image": path})
+                else:
+                    url = "data:image/png;base64," + base64.b64encode(open(path, "rb").read()).decode()
+                    our_parts.append({"type": "image_url", "image_url": {"url": url}})
+            ours.append({**message, "content": our_parts}), theirs.append({**message, "content": their_parts})
+        images[case] = ours
+        request.append({"name": case, "folder": str(folders[folder]), "messages": theirs})
     (root / "request.json").write_text(json.dumps({"cases": request}))
     result = subprocess.run([str(python), str(REPO / "tests/vl_reference/reference.py"), str(root / "request.json"),
                              str(root / "reference.npz")], capture_output=True, text=True, timeout=600)
@@ -190,3 +229,24 @@ def test_equals_transformers(vl_cases, case):
     p = processor.settings.downsample_factor
     features = sum(-(-int(h) // p) * -(-int(w) // p) for h, w in processed.spatial_shapes)
     assert features == ids.count(processor.image_token_id)
+
+
+@pytest.mark.parametrize("case", list(CHAT_CASES))
+def test_chat_with_images_equals_apply_chat_template(vl_cases, case):
+    """Image parts through the folder's chat template, expanded and tokenized: transformers'
+    processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)."""
+    from lfm2_onnx.chat import load_chat_template, load_special_tokens
+    from lfm2_onnx.vision.chat import vl_chat_inputs
+
+    folders, messages, reference = vl_cases
+    folder = folders[CHAT_CASES[case][0]]
+    processor = Lfm2VlProcessor.from_folder(folder, TextCodec(folder))
+    inputs, _ = vl_chat_inputs(processor, load_chat_template(folder), messages[case],
+                               template_variables=load_special_tokens(folder))
+    assert inputs.input_ids == reference[f"{case}.input_ids"].tolist()
+    if inputs.images is None:
+        assert f"{case}.pixel_values" not in reference
+        return
+    np.testing.assert_array_equal(inputs.images.pixel_values, reference[f"{case}.pixel_values"])
+    np.testing.assert_array_equal(inputs.images.pixel_attention_mask, reference[f"{case}.pixel_attention_mask"])
+    np.testing.assert_array_equal(inputs.images.spatial_shapes, reference[f"{case}.spatial_shapes"])

@@ -2,7 +2,9 @@
 
     .venv-vlref/bin/python tests/vl_reference/reference.py REQUEST.json OUT.npz
 
-REQUEST: {"cases": [{"name", "folder", "text", "images": [".png" or ".npy" paths], "convert_rgb"}]}.
+REQUEST: {"cases": [{"name", "folder", "text", "images": [".png" or ".npy" paths], "convert_rgb"}]}; a case
+with "messages" instead of text/images goes through processor.apply_chat_template (image parts name their
+file as {"type": "image", "image_path": ...}).
 A folder whose processor_config.json nests "image_processor" (transformers 5's layout) loads with
 Lfm2VlProcessor.from_pretrained. A legacy folder (preprocessor_config.json + processor_config.json
 with top-level tiling settings, LiquidAI's original layout) loads in transformers 5.24 as a
@@ -41,7 +43,10 @@ def load_processor(folder):
         return Lfm2VlProcessor.from_pretrained(folder), call_kwargs
     preprocessor = json.load(open(f"{folder}/preprocessor_config.json"))
     settings = {k: v for k, v in {**preprocessor, **processor_config}.items() if k in IMAGE_KEYS and v is not None}
-    return Lfm2VlProcessor(Lfm2VlImageProcessor(**settings), AutoTokenizer.from_pretrained(folder)), call_kwargs
+    template = open(f"{folder}/chat_template.jinja").read()
+    processor = Lfm2VlProcessor(Lfm2VlImageProcessor(**settings), AutoTokenizer.from_pretrained(folder),
+                                chat_template=template)
+    return processor, call_kwargs
 
 
 def load(path):
@@ -62,11 +67,19 @@ def main(request_path, out_path):
         if folder not in processors:
             processors[folder] = load_processor(folder)
         processor, call_kwargs = processors[folder]
-        images = [load(p) for p in case["images"]]
         kwargs = dict(call_kwargs)
         if case.get("convert_rgb"):
             kwargs["do_convert_rgb"] = True
-        result = processor(images=[images] if images else None, text=[case["text"]], return_tensors="np", **kwargs)
+        if "messages" in case:  # the chat path: apply_chat_template renders, collects the images, processes
+            messages = [{**m, "content": [({"type": "image", "image": load(part["image_path"])} if "image_path" in part
+                                           else part) for part in m["content"]]}
+                        if isinstance(m["content"], list) else m for m in case["messages"]]
+            result = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                   return_dict=True, return_tensors="np", **kwargs)
+        else:
+            images = [load(p) for p in case["images"]]
+            result = processor(images=[images] if images else None, text=[case["text"]], return_tensors="np",
+                               **kwargs)
         name = case["name"]
         out[f"{name}.input_ids"] = np.asarray(result["input_ids"][0], dtype=np.int64)
         for key in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
