@@ -214,10 +214,11 @@ class Lfm2VlImageProcessor:
             pieces.append(resizing.resize(image, new_h, new_w, s.resample))
         return pieces, rows, cols, (new_h, new_w)
 
-    def normalize(self, piece: np.ndarray) -> np.ndarray:
-        """uint8 HWC -> float32, with transformers' fused rescale + normalise (same float32 operations)."""
+    def normalize(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [..., C] -> float32, with transformers' fused rescale + normalise (the same float32
+        operations, so the same bits)."""
         s = self.settings
-        x = piece.astype(np.float32)
+        x = pixels.astype(np.float32)
         if s.do_rescale and s.do_normalize:
             scale = np.float32(1.0 / s.rescale_factor)
             mean = np.asarray(s.image_mean, dtype=np.float32) * scale
@@ -230,10 +231,10 @@ class Lfm2VlImageProcessor:
         return x
 
     def patchify(self, pixels: np.ndarray) -> np.ndarray:
-        """[H, W, C] -> [H/P * W/P, P*P*C]: patches row-major, each patch's pixels row-major, channels last."""
+        """[H, W, C] -> [H/P * W/P, P*P, C]: patches row-major, each patch's pixels row-major."""
         p = self.settings.encoder_patch_size
         h, w, c = pixels.shape
-        return (pixels.reshape(h // p, p, w // p, p, c).transpose(0, 2, 1, 3, 4).reshape((h // p) * (w // p), p * p * c))
+        return pixels.reshape(h // p, p, w // p, p, c).transpose(0, 2, 1, 3, 4).reshape((h // p) * (w // p), p * p, c)
 
     def __call__(self, images: list[ImageInput] | ImageInput) -> ProcessedImages:
         if not isinstance(images, (list, tuple)):
@@ -242,18 +243,19 @@ class Lfm2VlImageProcessor:
             raise UserError("no images to process")
         s = self.settings
         p, max_patches = s.encoder_patch_size, s.max_num_patches
-        values, masks, shapes = [], [], []
-        rows, cols, sizes, entries = [], [], [], []
+        pieces, rows, cols, sizes, entries = [], [], [], [], []
         for source in images:
-            pieces, r, c, size = self.tiles(load_image(source))
-            rows.append(r), cols.append(c), sizes.append(size), entries.append(len(pieces))
-            for piece in pieces:
-                patches = self.patchify(self.normalize(piece))
-                padded = np.zeros((max_patches, patches.shape[1]), dtype=np.float32)
-                padded[:len(patches)] = patches
-                mask = np.zeros(max_patches, dtype=np.int32)
-                mask[:len(patches)] = 1
-                values.append(padded), masks.append(mask)
-                shapes.append((piece.shape[0] // p, piece.shape[1] // p))
-        return ProcessedImages(np.stack(values), np.stack(masks), np.asarray(shapes, dtype=np.int64),
-                               rows, cols, sizes, entries)
+            tiles, r, c, size = self.tiles(load_image(source))
+            pieces += tiles
+            rows.append(r), cols.append(c), sizes.append(size), entries.append(len(tiles))
+        # patches cut in uint8 (cheap copies), normalised straight into the zero-padded output
+        values = np.zeros((len(pieces), max_patches, p * p * 3), dtype=np.float32)
+        masks = np.zeros((len(pieces), max_patches), dtype=np.int32)
+        shapes = np.zeros((len(pieces), 2), dtype=np.int64)
+        for e, piece in enumerate(pieces):
+            patches = self.patchify(piece)
+            n = len(patches)
+            values[e, :n] = self.normalize(patches).reshape(n, -1)
+            masks[e, :n] = 1
+            shapes[e] = (piece.shape[0] // p, piece.shape[1] // p)
+        return ProcessedImages(values, masks, shapes, rows, cols, sizes, entries)

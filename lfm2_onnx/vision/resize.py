@@ -70,21 +70,23 @@ def _int16_weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarr
     return starts, int_weights, precision
 
 
-def _resample_axis(image: np.ndarray, out_size: int, axis: int, resample: int) -> np.ndarray:
-    """One separable pass over `axis` (0 rows, 1 columns) of an HWC uint8 image, rounded to uint8."""
-    in_size = image.shape[axis]
+def _resample_rows(image: np.ndarray, out_size: int, resample: int) -> np.ndarray:
+    """One separable pass over axis 0 of a uint8 array [rows, ...], rounded back to uint8.
+
+    Tap by tap: gather each output's k-th input row (contiguous rows, cheap), multiply-add in int32."""
+    in_size = image.shape[0]
     starts, weights, precision = _int16_weights(in_size, out_size, resample)
-    src = image.astype(np.int32)
-    acc = np.full((out_size, image.shape[1], image.shape[2]) if axis == 0 else
-                  (image.shape[0], out_size, image.shape[2]), 1 << (precision - 1), dtype=np.int32)
+    acc = np.full((out_size,) + image.shape[1:], 1 << (precision - 1), dtype=np.int32)
+    product = np.empty_like(acc)
     for k in range(weights.shape[1]):
-        index = np.minimum(starts + k, in_size - 1)  # padded taps carry weight 0
         w = weights[:, k]
-        if axis == 0:
-            acc += w[:, None, None] * src[index, :, :]
-        else:
-            acc += w[None, :, None] * src[:, index, :]
-    return np.clip(acc >> precision, 0, 255).astype(np.uint8)
+        if not w.any():
+            continue
+        index = np.minimum(starts + k, in_size - 1)  # padded taps carry weight 0
+        np.multiply(image[index], w.reshape((-1,) + (1,) * (image.ndim - 1)), out=product, dtype=np.int32)
+        acc += product
+    np.right_shift(acc, precision, out=acc)  # arithmetic shift: floor, as the C kernel's
+    return np.clip(acc, 0, 255).astype(np.uint8)
 
 
 def resize(image: np.ndarray, height: int, width: int, resample: int = BILINEAR) -> np.ndarray:
@@ -92,8 +94,9 @@ def resize(image: np.ndarray, height: int, width: int, resample: int = BILINEAR)
     if resample not in _FILTERS:
         raise ValueError(f"resample {resample} is not supported (bilinear 2 or bicubic 3)")
     out = image
-    if width != image.shape[1]:
-        out = _resample_axis(out, width, 1, resample)
+    if width != image.shape[1]:  # horizontal first, as torch: on the transposed image, so rows are gathered
+        columns = np.ascontiguousarray(image.transpose(1, 0, 2))
+        out = np.ascontiguousarray(_resample_rows(columns, width, resample).transpose(1, 0, 2))
     if height != image.shape[0]:
-        out = _resample_axis(out, height, 0, resample)
+        out = _resample_rows(out, height, resample)
     return out
