@@ -206,3 +206,10 @@ def test_image_parts_without_an_image(part, words):
 
     with pytest.raises(UserError, match=words):
         split_image_parts([{"role": "user", "content": [part]}])
+
+
+def test_decompression_bombs_are_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # PIL refuses beyond twice this
+    big = _png_bytes(Image.new("RGB", (20, 20)))
+    with pytest.raises(UserError, match="too large to decode safely"):
+        load_image(big)

@@ -37,6 +37,8 @@ def _decode(data: bytes, what: str):
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{what} is too large to decode safely ({e}); downscale it first") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
         raise UserError(f"{what} is not a readable image ({type(e).__name__}: {e}); "
                         "pass a PNG, JPEG, WebP, GIF or BMP file") from None
