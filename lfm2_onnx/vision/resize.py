@@ -12,6 +12,7 @@ arithmetic in numpy and gives the same bytes.
 from __future__ import annotations
 
 import math
+import os
 from functools import lru_cache
 
 import numpy as np
@@ -70,23 +71,53 @@ def _int16_weights(in_size: int, out_size: int, resample: int) -> tuple[np.ndarr
     return starts, int_weights, precision
 
 
+_CHUNK_BYTES = 1 << 20  # int32 accumulator bytes per block of output rows: stays in cache across the taps
+MAX_THREADS = 8  # blocks of output rows run on up to this many threads (never more than the CPUs)
+
+
+def _threads() -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_THREADS))
+
+
+@lru_cache(maxsize=None)
+def _pool(threads: int):
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(threads, thread_name_prefix="lfm2-resize")
+
+
 def _resample_rows(image: np.ndarray, out_size: int, resample: int) -> np.ndarray:
     """One separable pass over axis 0 of a uint8 array [rows, ...], rounded back to uint8.
 
-    Tap by tap: gather each output's k-th input row (contiguous rows, cheap), multiply-add in int32."""
+    Blocks of output rows, each tap by tap: gather each output's k-th input row (contiguous), multiply-add
+    in int32. numpy releases the GIL in these loops, so large images spread the blocks over threads."""
     in_size = image.shape[0]
     starts, weights, precision = _int16_weights(in_size, out_size, resample)
-    acc = np.full((out_size,) + image.shape[1:], 1 << (precision - 1), dtype=np.int32)
-    product = np.empty_like(acc)
-    for k in range(weights.shape[1]):
-        w = weights[:, k]
-        if not w.any():
-            continue
-        index = np.minimum(starts + k, in_size - 1)  # padded taps carry weight 0
-        np.multiply(image[index], w.reshape((-1,) + (1,) * (image.ndim - 1)), out=product, dtype=np.int32)
-        acc += product
-    np.right_shift(acc, precision, out=acc)  # arithmetic shift: floor, as the C kernel's
-    return np.clip(acc, 0, 255).astype(np.uint8)
+    out = np.empty((out_size,) + image.shape[1:], dtype=np.uint8)
+    row_bytes = 4 * int(np.prod(image.shape[1:], dtype=np.int64))
+    block = max(1, _CHUNK_BYTES // max(row_bytes, 1))
+    taps = [k for k in range(weights.shape[1]) if weights[:, k].any()]
+    shape = (-1,) + (1,) * (image.ndim - 1)
+
+    def run(lo: int, hi: int) -> None:
+        acc = np.full((hi - lo,) + image.shape[1:], 1 << (precision - 1), dtype=np.int32)
+        product = np.empty_like(acc)
+        for k in taps:
+            index = np.minimum(starts[lo:hi] + k, in_size - 1)  # padded taps carry weight 0
+            np.multiply(image[index], weights[lo:hi, k].reshape(shape), out=product, dtype=np.int32)
+            acc += product
+        np.right_shift(acc, precision, out=acc)  # arithmetic shift: floor, as the C kernel's
+        np.clip(acc, 0, 255, out=acc)
+        out[lo:hi] = acc
+
+    blocks = [(lo, min(lo + block, out_size)) for lo in range(0, out_size, block)]
+    if len(blocks) > 1 and _threads() > 1:
+        for future in [_pool(_threads()).submit(run, lo, hi) for lo, hi in blocks]:
+            future.result()
+    else:
+        for lo, hi in blocks:
+            run(lo, hi)
+    return out
 
 
 def resize(image: np.ndarray, height: int, width: int, resample: int = BILINEAR) -> np.ndarray:
