@@ -36,6 +36,9 @@ FOLDERS = {
     "nested": ("nested", {"use_thumbnail": True}),
     "nested_bicubic": ("nested", {"resample": 3, "max_image_tokens": 128, "min_image_tokens": 32, "max_tiles": 6}),
     "nested_plain_tokens": ("nested", {"use_image_special_tokens": False}),
+    # what lfm2_onnx.build writes: the nested processor_config.json and a flat preprocessor_config.json
+    # (for transformers.js); here the flat one disagrees, and transformers 5 reads the nested one
+    "nested_and_flat": ("both", {"use_thumbnail": True}),
 }
 
 # case -> (folder, [image specs], convert_rgb); an image spec is (kind, height, width) with kind
@@ -68,6 +71,7 @@ CASES = {
     "nested_bicubic_large": ("nested_bicubic", [("noise", 1100, 1700)], False),
     "nested_bicubic_small": ("nested_bicubic", [("gradient", 90, 70)], False),
     "nested_plain_tokens": ("nested_plain_tokens", [("noise", 1024, 1024)], False),
+    "nested_and_flat": ("nested_and_flat", [("noise", 1500, 2000)], False),
     "no_images": ("legacy", [], False),
 }
 
@@ -113,6 +117,9 @@ def _make_folder(base, dest, layout, changes):
     for key, value in changes.items():
         (top if key == "use_image_special_tokens" else image)[key] = value
     (dest / "processor_config.json").write_text(json.dumps({"image_processor": image, **top}, indent=2))
+    if layout == "both":
+        flat = {**image, "max_tiles": 4, "use_thumbnail": False, "resample": 3, "processor_class": "Lfm2VlProcessor"}
+        (dest / "preprocessor_config.json").write_text(json.dumps(flat, indent=2))
 
 
 def _make_image(kind, height, width, rng, path_stem):
