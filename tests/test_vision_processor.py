@@ -61,6 +61,7 @@ CASES = {
     "gray_png": ("legacy", [("gray", 300, 200)], True),
     "palette_png": ("legacy", [("palette", 120, 90)], True),
     "gray_alpha_png": ("legacy", [("gray_alpha", 90, 120)], True),
+    "jpeg_by_path": ("legacy_thumbnail", [("jpeg", 900, 1300)], False),  # transformers decodes it itself
     "array_rgb": ("legacy", [("npy3", 64, 80)], False),
     "array_rgba": ("legacy", [("npy4", 64, 80)], True),
     "array_gray": ("legacy", [("npy1", 64, 80)], True),
@@ -125,9 +126,14 @@ def _make_folder(base, dest, layout, changes):
 def _make_image(kind, height, width, rng, path_stem):
     from PIL import Image
 
-    if kind == "gradient":
+    if kind in ("gradient", "jpeg"):
         y, x = np.mgrid[0:height, 0:width]
         rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
+        if kind == "jpeg":
+            rgb[height // 4:height // 2, width // 4:width // 2] = rng.integers(0, 256, (height // 2 - height // 4,
+                                                                                 width // 2 - width // 4, 3))
+            Image.fromarray(rgb.astype(np.uint8)).save(f"{path_stem}.jpg", quality=85)
+            return f"{path_stem}.jpg"
         Image.fromarray(rgb.astype(np.uint8)).save(f"{path_stem}.png")
         return f"{path_stem}.png"
     if kind.startswith("npy"):
@@ -208,6 +214,8 @@ def _ours(folders, images, case) -> tuple[list[int], ProcessedImages | None, Lfm
         if path.endswith(".npy"):
             array = np.load(path)
             sources.append(array[:, :, 0] if array.shape[2] == 1 else array)  # a 2-D array: grayscale
+        elif path.endswith(".jpg"):
+            sources.append(path)  # decoded by lfm2_onnx.vision (Pillow), as transformers decodes it
         else:
             sources.append(Image.open(path))
     inputs = processor(PROMPT.format(images="<image>" * len(specs)), sources)

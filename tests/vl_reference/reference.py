@@ -2,7 +2,8 @@
 
     .venv-vlref/bin/python tests/vl_reference/reference.py REQUEST.json OUT.npz
 
-REQUEST: {"cases": [{"name", "folder", "text", "images": [".png" or ".npy" paths], "convert_rgb"}]}; a case
+REQUEST: {"cases": [{"name", "folder", "text", "images": [paths], "convert_rgb"}]}: .png files are opened
+with PIL, .npy loaded as arrays, .jpg paths given to transformers as paths (its own decoding); a case
 with "messages" instead of text/images goes through processor.apply_chat_template (image parts name their
 file as {"type": "image", "image_path": ...}).
 A folder whose processor_config.json nests "image_processor" (transformers 5's layout) loads with
@@ -52,6 +53,8 @@ def load_processor(folder):
 def load(path):
     if path.endswith(".npy"):
         return np.load(path)
+    if path.endswith(".jpg"):
+        return path  # transformers decodes the file itself (load_image_as_tensor)
     image = Image.open(path)
     image.load()
     return image
