@@ -213,3 +213,9 @@ def test_decompression_bombs_are_refused(monkeypatch):
     big = _png_bytes(Image.new("RGB", (20, 20)))
     with pytest.raises(UserError, match="too large to decode safely"):
         load_image(big)
+
+
+def test_image_token_is_the_models(vl_processor):
+    # the token the processor expands is the one whose embeddings the model replaces by image features
+    config = json.loads((shared_model("LFM2-VL-450M") / "config.json").read_text())
+    assert vl_processor.image_token_id == config["image_token_index"] == 396
