@@ -219,3 +219,22 @@ def test_image_token_is_the_models(vl_processor):
     # the token the processor expands is the one whose embeddings the model replaces by image features
     config = json.loads((shared_model("LFM2-VL-450M") / "config.json").read_text())
     assert vl_processor.image_token_id == config["image_token_index"] == 396
+
+
+def test_processor_feeds_the_exported_vision_encoder(factory):
+    """The processor's arrays run the exported vision encoder (tiny random LFM2-VL, lfm2_onnx.build), one
+    feature per <image> token the prompt expansion writes. The graph takes the mask as int64 (what
+    transformers.js feeds); transformers' processor, and so this one, gives int32: cast at the session."""
+    import onnxruntime as ort
+
+    folder = factory.export(factory.checkpoint(vl=True))
+    processor = Lfm2VlImageProcessor.from_folder(folder)
+    images = [np.random.default_rng(0).integers(0, 256, (700, 900, 3), dtype=np.uint8), np.zeros((30, 20, 3), np.uint8)]
+    processed = processor(images)
+    session = ort.InferenceSession(str(folder / "onnx" / "vision_encoder.onnx"), providers=["CPUExecutionProvider"])
+    (features,) = session.run(["image_features"], {
+        "pixel_values": processed.pixel_values, "spatial_shapes": processed.spatial_shapes,
+        "pixel_attention_mask": processed.pixel_attention_mask.astype(np.int64)})
+    # the expansion with these settings, through the real tokenizer (the tiny one has no image tokens)
+    text = Lfm2VlProcessor(processor, TextCodec(shared_model("LFM2-VL-450M"))).expand("<image><image>", processed)
+    assert features.shape[0] == text.count("<image>") and np.isfinite(features).all()
