@@ -226,7 +226,11 @@ class Lfm2Model:
         the assistant's turn starts with (the server forces a tool call that way)."""
         from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
             template_renders_tool_calls
+        from .vision.chat import has_image_parts
 
+        if has_image_parts(messages):
+            raise UserError(f"{self.layout.folder.name} is a text-only export, so its messages can't hold images; "
+                            "send text content, or run an LFM2-VL export for image parts")
         if self._chat_template is None:
             self._chat_template = load_chat_template(self.layout.folder)
             self._special_tokens = load_special_tokens(self.layout.folder)

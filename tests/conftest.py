@@ -19,6 +19,21 @@ def shared_model(name: str) -> Path:
     return folder
 
 
+VL_REFERENCE_ENV = "LFM2_VL_REFERENCE_PYTHON"
+VL_REFERENCE_SKIP = ("the LFM2-VL transformers reference venv is absent (bash tests/vl_reference/install.sh, or set "
+                     f"{VL_REFERENCE_ENV}), so the image-processor-vs-transformers tests did not run")
+
+
+def vl_reference_python() -> Path:
+    """The reference venv's python (transformers + torchvision, kept out of the main venv), or skip."""
+    import os
+
+    python = Path(os.environ.get(VL_REFERENCE_ENV) or REPO / ".venv-vlref" / "bin" / "python")
+    if not python.is_file():
+        pytest.skip(VL_REFERENCE_SKIP)
+    return python
+
+
 class Factory:
     """Checkpoints and exports keyed by their options, so tests share the expensive parts."""
 

@@ -14,6 +14,7 @@ import pytest
 
 from conftest import SHARED_MODELS
 from lfm2_onnx.chat import ContentDelta, ReasoningDelta, ToolCallEvent
+from lfm2_onnx.errors import UserError
 from lfm2_onnx.lfm2_model import Lfm2Model
 from lfm2_onnx.text import TextCodec
 
@@ -185,3 +186,17 @@ def _without_ids(message: dict) -> dict:
     if "tool_calls" in message:
         message["tool_calls"] = [{**c, "id": "-"} for c in message["tool_calls"]]
     return message
+
+
+def test_images_on_a_text_only_export_are_one_line_errors(tiny_export):
+    import numpy as np
+
+    model = Lfm2Model.load(tiny_export, max_length=512)
+    image = np.zeros((8, 8, 3), np.uint8)
+    for part in ({"type": "image", "image": image},
+                 {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}):
+        messages = [{"role": "user", "content": [{"type": "text", "text": "What is it?"}, part]}]
+        for call in (lambda: model.chat(messages, max_new_tokens=2), lambda: model.generate(messages, max_new_tokens=2)):
+            with pytest.raises(UserError, match="text-only export, so its messages can't hold images") as info:
+                call()
+            assert "\n" not in str(info.value)

@@ -227,6 +227,22 @@ def test_concurrent_streams_each_get_their_text_alone(server, client, folder):
     assert metric(server, "lfm2_requests_running") == 0
 
 
+def _png_data_url(width: int = 8, height: int = 6) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (10, 200, 30)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _image_message(url: str, **image_url) -> dict:
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": "What is it?"},
+                                                      {"type": "image_url", "image_url": {"url": url, **image_url}}]}]}
+
+
 BAD_BODIES = [
     ("not json", '{"messages": [', "not valid JSON"),
     ("not an object", "[1, 2]", "JSON object"),
@@ -253,6 +269,15 @@ BAD_BODIES = [
     ("logprobs", {"messages": [{"role": "user", "content": "x"}], "logprobs": True}, "logprobs"),
     ("reserved template variable", {"messages": [{"role": "user", "content": "x"}],
                                     "chat_template_kwargs": {"messages": []}}, "chat_template_kwargs"),
+    ("image by web URL", _image_message("https://example.com/cat.png"), "must come as data: URLs"),
+    ("image by file path", _image_message("/etc/hostname"), "this server fetches nothing"),
+    ("unreadable image", _image_message("data:image/png;base64,bm90IGFuIGltYWdl"), "not a readable image"),
+    ("image not base64", _image_message("data:image/png;base64,@@@"), "not valid base64"),
+    ("image_url without url", {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+     "url"),
+    ("unknown content part", {"messages": [{"role": "user", "content": [{"type": "audio", "audio": "x"}]}]},
+     "content"),
+    ("image on a text-only model", _image_message(_png_data_url(), detail="low"), "text-only export"),
 ]
 
 

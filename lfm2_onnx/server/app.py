@@ -40,6 +40,7 @@ log = logging.getLogger("lfm2_onnx.serve")
 _RESERVED_TEMPLATE_VARS = {"messages", "tools", "documents", "add_generation_prompt", "inline_tool_calls",
                            "template_source"}
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "literal"}
+_PART_TAGS = {"text", "image_url"}  # message content part types (protocol.Message)
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
 
 
@@ -180,6 +181,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         if body.response_format and body.response_format.get("type", "text") != "text":
             raise bad_request("response_format other than text is not supported", "response_format")
         plan = _chat_plan(body)
+        plan.messages = _decoded_images(plan.messages)
         try:
             ids, reasoning_started = model.chat_prompt(plan.messages, plan.tools, template_kwargs=plan.template_kwargs,
                                                        generation_prefix=plan.prefix)
@@ -326,6 +328,33 @@ class _ChatPlan:
     prefix: str  # forced start of the reply (tool_choice required / named)
     template_kwargs: dict | None
     parallel: bool
+
+
+def _decoded_images(messages: list[dict]) -> list[dict]:
+    """Each image_url part's data: URL decoded into an image part, or a 400 naming the part."""
+    from ..vision import load_image
+
+    out = []
+    for i, message in enumerate(messages):
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(message)
+            continue
+        parts = []
+        for j, part in enumerate(content):
+            if part.get("type") != "image_url":
+                parts.append(part)
+                continue
+            where, url = f"messages.{i}.content.{j}", part["image_url"]["url"]
+            if not url.startswith("data:"):
+                raise bad_request(f"{where}: images must come as data: URLs (data:image/png;base64,...); "
+                                  "this server fetches nothing", where)
+            try:
+                parts.append({"type": "image", "image": load_image(url)})
+            except UserError as e:
+                raise bad_request(f"{where}: {one_line(e)}", where) from None
+        out.append({**message, "content": parts})
+    return out
 
 
 def _chat_plan(body: ChatCompletionRequest) -> _ChatPlan:
@@ -492,12 +521,16 @@ async def _parse(request: Request, schema):
 def _validation_error(errors: list) -> ApiError:
     if not errors:
         return bad_request("invalid request body")
-    first = errors[0]
+    # The deepest error: for a union (content: a string or a list of parts) the branch that got
+    # furthest says what is wrong, e.g. an image part without its url.
+    first = max(errors, key=lambda e: len(e.get("loc", ())))
     if first.get("type") == "json_invalid":
         return bad_request(f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})")
-    # Drop pydantic's union-branch tags ("str", "list[TextPart]", ...) from the field path.
-    where = [str(p) for p in first.get("loc", ()) if p != "body" and (isinstance(p, int) or p not in _TYPE_TAGS)
-             and "[" not in str(p)]
+    # Drop pydantic's union-branch tags ("str", "list[TextPart]", ...) from the field path, and the
+    # content part's type that a tagged union puts after the part's index.
+    loc = first.get("loc", ())
+    where = [str(p) for k, p in enumerate(loc) if p != "body" and (isinstance(p, int) or p not in _TYPE_TAGS)
+             and "[" not in str(p) and not (k and isinstance(loc[k - 1], int) and p in _PART_TAGS)]
     param = ".".join(where) or None
     if first.get("type") == "missing" and where:
         return bad_request(f"{param} is required", param)

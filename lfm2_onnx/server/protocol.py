@@ -6,7 +6,7 @@ values we can't honour (n > 1, logprobs, frequency/presence penalties) are a 400
 
 from __future__ import annotations
 
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,19 +72,33 @@ class TextPart(_Body):
     text: str
 
 
+class ImageUrl(_Body):
+    url: str = Field(min_length=1)  # a data: URL (the server fetches nothing)
+    detail: str | None = None  # OpenAI's low/high/auto: LFM2-VL's processor decides the resolution itself
+
+
+class ImageUrlPart(_Body):
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
 class Message(_Body):
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: Union[str, list[TextPart], None] = None
+    content: Union[str, list[Annotated[Union[TextPart, ImageUrlPart], Field(discriminator="type")]], None] = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
     reasoning_content: str | None = None
 
     def as_template_message(self) -> dict:
-        """The dict render_chat takes: text content, the system role for OpenAI's developer role."""
+        """The dict render_chat takes: text content (a list of parts when it has images: text parts and
+        image_url parts as OpenAI sends them), the system role for OpenAI's developer role."""
         content = self.content
         if isinstance(content, list):
-            content = "".join(part.text for part in content)
+            if any(isinstance(part, ImageUrlPart) for part in content):
+                content = [part.model_dump(exclude_none=True) for part in content]
+            else:
+                content = "".join(part.text for part in content)
         message: dict = {"role": "system" if self.role == "developer" else self.role, "content": content}
         for key in ("name", "tool_call_id", "reasoning_content"):
             if getattr(self, key) is not None:
