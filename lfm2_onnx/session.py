@@ -49,6 +49,9 @@ class ModelLayout:
         try:
             config = json.loads(config_path.read_text())
             model, decoder = config["model"], config["model"]["decoder"]
+            if "vision" in model:  # its decoder takes inputs_embeds from embed_tokens + the vision encoder
+                raise UserError(f"{folder} is an LFM2-VL export, which this runtime does not run yet; run it "
+                                "with onnxruntime-genai or transformers.js (README, Vision-language)")
             inputs, outputs = decoder["inputs"], decoder["outputs"]
             onnx_path = folder / decoder["filename"]
             eos = model.get("eos_token_id")
