@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .hub import add_export_arguments
 from .sampling import PRESETS, check_field
 
 
@@ -44,11 +45,7 @@ def _sampling_flag(field: str, kind: type):
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
-                                  "published by python -m lfm2_onnx.publish (downloads only the variant run)")
-    p.add_argument("--precision", help="which variant of the export: fp32, fp16, bf16, int8, int4 "
-                                       "(default: the best one for --ep)")
-    p.add_argument("--revision", help="Hub branch, tag or commit (with a repo id)")
+    add_export_arguments(p, "run")
     p.add_argument("--prompt", help="the prompt (with --chat: the first user message)")
     p.add_argument("--chat", action="store_true", help="use the chat template; interactive unless --prompt is given")
     p.add_argument("--system", help="system prompt for --chat")

@@ -132,6 +132,17 @@ def pull_export(repo_id: str, ep: str, precision: str | None = None, *, revision
     return folder, folder / config_file(manifest, variant)
 
 
+def add_export_arguments(parser, use: str) -> None:
+    """The arguments `resolve_export` takes, for a CLI that `use`s one variant ("run", "served")."""
+    from .build import PRECISIONS
+
+    parser.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
+                                       f"published by python -m lfm2_onnx.publish (downloads only the variant {use})")
+    parser.add_argument("--precision", help=f"which variant of the export: {', '.join(PRECISIONS)} "
+                                            "(default: the best one for --ep)")
+    parser.add_argument("--revision", help="Hub branch, tag or commit (with a repo id)")
+
+
 def resolve_export(source: str | Path, ep: str, precision: str | None = None, *, revision: str | None = None):
     """A local export folder or a published repo id -> the ModelLayout of the variant to run."""
     from .session import ModelLayout

@@ -13,15 +13,12 @@ import os
 import sys
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .hub import add_export_arguments
 
 
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.serve", description=__doc__.split("\n\n")[0])
-    p.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
-                                  "published by python -m lfm2_onnx.publish (downloads only the variant served)")
-    p.add_argument("--precision", help="which variant of the export: fp32, fp16, bf16, int8, int4 "
-                                       "(default: the best one for --ep)")
-    p.add_argument("--revision", help="Hub branch, tag or commit (with a repo id)")
+    add_export_arguments(p, "served")
     p.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000)
