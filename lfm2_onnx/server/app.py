@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 
 from fastapi import Depends, FastAPI, Request
@@ -416,23 +416,20 @@ class _Chat:
         choice = None if delta is None else {"delta": delta}
         return _sse_chunk(self.head, "chat.completion.chunk", choice, finish, self.body, usage)
 
-    async def chunks(self) -> AsyncIterator[str]:
+    def chunks(self) -> AsyncIterator[str]:
+        return _sse_stream(self._content_chunks(), self._chunk, self.body, self.job)
+
+    async def _content_chunks(self) -> AsyncIterator[str]:
         calls: list = []
-        try:
-            yield self._chunk({"role": "assistant", "content": ""})
-            for delta in self._events(self.parser.feed(self.plan.prefix), calls):
+        yield self._chunk({"role": "assistant", "content": ""})
+        for delta in self._events(self.parser.feed(self.plan.prefix), calls):
+            yield self._chunk(delta)
+        async for text in _text(self.state, self.job):
+            for delta in self._events(self.parser.feed(text), calls):
                 yield self._chunk(delta)
-            async for text in _text(self.state, self.job):
-                for delta in self._events(self.parser.feed(text), calls):
-                    yield self._chunk(delta)
-            for delta in self._events(self.parser.finish(), calls):
-                yield self._chunk(delta)
-            yield self._chunk({}, "tool_calls" if calls else self.job.finish_reason)
-            if self.body.stream_options and self.body.stream_options.include_usage:
-                yield self._chunk(None, usage=_usage(self.job))
-        except ApiError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
-        yield "data: [DONE]\n\n"
+        for delta in self._events(self.parser.finish(), calls):
+            yield self._chunk(delta)
+        yield self._chunk({}, "tool_calls" if calls else self.job.finish_reason)
 
     async def response(self) -> dict:
         from ..chat import parse_assistant_message
@@ -458,6 +455,20 @@ def _sse_chunk(head: dict, kind: str, choice: dict | None, finish: str | None, b
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
+async def _sse_stream(content: AsyncIterator[str], chunk, body, job: Job) -> AsyncIterator[str]:
+    """A completion's content chunks, the usage chunk when stream_options asks for it, then [DONE];
+    an ApiError mid-stream becomes an error event (the status line has already gone out)."""
+    try:
+        async with aclosing(content):  # a client gone: close it now, and with it the job
+            async for event in content:
+                yield event
+        if body.stream_options and body.stream_options.include_usage:
+            yield chunk(None, usage=_usage(job))
+    except ApiError as e:
+        yield f"data: {json.dumps(e.body())}\n\n"
+    yield "data: [DONE]\n\n"
+
+
 class _Completion:
     def __init__(self, state: _State, job: Job, text: TextStream, body: CompletionRequest):
         self.state, self.job, self.body = state, job, body
@@ -468,16 +479,13 @@ class _Completion:
         choice = None if text is None else {"text": text}
         return _sse_chunk(self.head, "text_completion", choice, finish, self.body, usage)
 
-    async def chunks(self) -> AsyncIterator[str]:
-        try:
-            async for text in _text(self.state, self.job):
-                yield self._chunk(text)
-            yield self._chunk("", self.job.finish_reason)
-            if self.body.stream_options and self.body.stream_options.include_usage:
-                yield self._chunk(None, usage=_usage(self.job))
-        except ApiError as e:
-            yield f"data: {json.dumps(e.body())}\n\n"
-        yield "data: [DONE]\n\n"
+    def chunks(self) -> AsyncIterator[str]:
+        return _sse_stream(self._content_chunks(), self._chunk, self.body, self.job)
+
+    async def _content_chunks(self) -> AsyncIterator[str]:
+        async for text in _text(self.state, self.job):
+            yield self._chunk(text)
+        yield self._chunk("", self.job.finish_reason)
 
     async def response(self) -> dict:
         text = "".join([part async for part in _text(self.state, self.job)])
