@@ -82,7 +82,7 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | N
     total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # sum(w) [T, 1]
     # log(w / sum(w)): the op's softmax of it is w / sum(w); -inf (log 0) at the other experts, which
     # neither top-k nor softmax can pick; and the largest is at least -log(k), where fp16 resolves it
-    # finely (plain log(w) of small scores lost up to 0.1% of a weight in fp16).
+    # finely (fp16 spacing on a plain log(w) of small scores is up to 0.1% of a weight).
     probs = g.op("Log", g.op("Div", weights, total), name="router_probs")
     if io != fp32:
         probs = g.op("Cast", probs, to=io, name="router_probs_cast")
