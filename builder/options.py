@@ -7,9 +7,8 @@ from dataclasses import dataclass
 import onnx_ir as ir
 
 from lfm2_onnx.errors import UserError
+from lfm2_onnx.variants import EXECUTION_PROVIDERS, PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
-EXECUTION_PROVIDERS = ("cpu", "cuda")
 
 # onnxruntime's CPU kernels for GroupQueryAttention/CausalConvWithState have no bfloat16 version, and
 # its CUDA GroupQueryAttention has no float32 one (the node would fall back to the CPU, copying every

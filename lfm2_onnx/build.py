@@ -16,9 +16,8 @@ import sys
 from pathlib import Path
 
 from .errors import ArgumentParser, UserError, cli_entry
+from .variants import EXECUTION_PROVIDERS, PRECISIONS
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
-EPS = ("cpu", "cuda")
 
 
 def parser() -> ArgumentParser:
@@ -32,7 +31,7 @@ def parser() -> ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="export folder to create")
     p.add_argument("-p", "--precision", help=f"one of {', '.join(PRECISIONS)}, or several separated by commas, one "
                                              "variant each (default: fp32 for cpu, fp16 for cuda)")
-    p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EPS)} (default: cpu)")
+    p.add_argument("-e", "--ep", default="cpu", help=f"execution provider: {', '.join(EXECUTION_PROVIDERS)} (default: cpu)")
     q = p.add_argument_group("quantization (-p int8, -p int4: weight-only, MatMulNBits)")
     q.add_argument("--block-size", type=int, help="weights per scale along the input dim: 16, 32, 64, 128, 256 "
                                                   "(default 32; 64 makes a CPU int4 file q4_0-sized)")

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 from .errors import UserError
-from .variants import METADATA_PATTERNS, choose, config_file, read_manifest
+from .variants import METADATA_PATTERNS, PRECISIONS, choose, config_file, read_manifest
 
 # org/name, as the Hub spells ids (huggingface_hub.utils.validate_repo_id checks the details).
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -134,8 +134,6 @@ def pull_export(repo_id: str, ep: str, precision: str | None = None, *, revision
 
 def add_export_arguments(parser, use: str) -> None:
     """The arguments `resolve_export` takes, for a CLI that `use`s one variant ("run", "served")."""
-    from .build import PRECISIONS
-
     parser.add_argument("folder", help="export folder written by python -m lfm2_onnx.build, or a Hub repo id "
                                        f"published by python -m lfm2_onnx.publish (downloads only the variant {use})")
     parser.add_argument("--precision", help=f"which variant of the export: {', '.join(PRECISIONS)} "

@@ -25,6 +25,10 @@ from pathlib import Path
 
 from .errors import UserError
 
+# Every precision and execution provider an export can be built for (the builder decides which pairs are valid).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int4")
+EXECUTION_PROVIDERS = ("cpu", "cuda")
+
 MANIFEST = "variants.json"
 MANIFEST_FORMAT = 1
 ROOT_GENAI_CONFIG = "genai_config.json"
