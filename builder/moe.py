@@ -59,31 +59,49 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | N
     router's ~22 kernels per layer took a third of a q4f16 step (BENCHMARKS.md, MoE kernel profile).
     So the chosen set is a mask (scores at or above the k-th largest biased score), not a gather and
     a scatter, and the output factor is left out where the export's precision can't see it.
+
+    Experimental variants (BuildOptions.moe_router, off by default until measured on the H200):
+      lean    the op gets log(w) at the chosen experts, not log(w / sum w): its softmax normalises
+              anyway; the Div, the floor and (unless the output factor needs it) the sum go
+              (3 kernels a layer). fp16 rounds log(w) of a weight in (0.05, 1) to <= 2^-10, i.e.
+              <= 0.1% of that weight, about two fp16 roundings of the expert output.
+      rank    the chosen set without TopK: an expert is chosen when fewer than k biased scores
+              are strictly above it (Greater over [T, E, E], Cast, ReduceSum, Less), which is the
+              same set as ">= the k-th largest", ties included; 4 tiny kernels instead of TopK
+              (4.5 us on the H200), its Slice and GreaterOrEqual.
+      gemm    the gate as Gemm(x, W[E, H], transB=1) instead of MatMul(x, W.T): cuBLAS ran the
+              fp32 [1, H] x [H, E] MatMul as a dot kernel plus a reduce kernel.
+      gate16  the gate in the export's float dtype (fp16/bf16), its logits cast to fp32: drops the
+              input Cast and runs an fp16 GEMV; the choice then sees fp16-rounded logits, so near
+              ties may pick other experts than transformers in fp32 (fp32 exports are unaffected).
     """
     g, moe = ctx.g, ctx.spec.moe
+    variants = ctx.opts.moe_router
     fp32, io = ir.DataType.FLOAT, ctx.opts.io_dtype
-    x = rows if io == fp32 else g.op("Cast", rows, to=fp32)
-    gate = g.weight(f"{p}.gate.weight.T", fp32, (ctx.spec.hidden_size, moe.num_experts),
-                    lambda: to_numpy(ctx.w.ckpt.load(f"{p}.gate.weight").T, "fp32"))
-    scores = g.op("Sigmoid", g.op("MatMul", x, gate, name="gate"), name="scores")  # [T, E]
+    scores = g.op("Sigmoid", _gate_logits(ctx, rows, p), name="scores")  # [T, E] fp32
     choosing = scores
     if moe.use_expert_bias:
         bias = g.weight(f"{p}.expert_bias", fp32, (moe.num_experts,),
                         lambda: to_numpy(ctx.w.ckpt.load(f"{p}.expert_bias"), "fp32"))
         choosing = g.op("Add", scores, bias, name="biased_scores")  # the bias selects, it never weights
-    k = moe.experts_per_token
-    top, _ = g.op("TopK", choosing, g.i64(k), axis=-1, largest=1, sorted=1, outputs=2, name="top_k")
-    kth = g.op("Slice", top, g.i64(k - 1), g.i64(k), g.i64(1), name="kth_score")  # [T, 1]
-    # Only an exact tie with the k-th score marks more than k experts (torch.topk's pick among exact
-    # ties is unspecified too).
-    chosen = g.op("GreaterOrEqual", choosing, kth, name="chosen")
-    floored = g.op("Max", scores, g.const(np.float32(_FLOOR)), name="floored_scores")
-    weights = g.op("Where", chosen, floored, g.const(np.float32(0.0)), name="chosen_weights")  # w, 0 elsewhere
-    total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # sum(w) [T, 1]
-    # log(w / sum(w)): the op's softmax of it is w / sum(w); -inf (log 0) at the other experts, which
-    # neither top-k nor softmax can pick; and the largest is at least -log(k), where fp16 resolves it
-    # finely (fp16 spacing on a plain log(w) of small scores is up to 0.1% of a weight).
-    probs = g.op("Log", g.op("Div", weights, total), name="router_probs")
+    chosen = _chosen(g, choosing, moe.experts_per_token, by_rank="rank" in variants)
+    # sum(w) / (sum(w) + 1e-6) is within 1e-6 / sum(w) of 1: below fp16/bf16's rounding of the
+    # output unless the chosen scores sum below ~2e-3, so only fp32 exports spend kernels on it.
+    needs_total = not moe.norm_topk_prob or io == fp32
+    if "lean" in variants:
+        # log(0) = -inf at the other experts; a chosen score of exactly 0 (logit < -88 in fp32) gets
+        # weight 0, its limit, unless all k do (NaN): not a state a trained router reaches.
+        weights = g.op("Where", chosen, scores, g.const(np.float32(0.0)), name="chosen_weights")
+        total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total") if needs_total else None
+        probs = g.op("Log", weights, name="router_probs")
+    else:
+        floored = g.op("Max", scores, g.const(np.float32(_FLOOR)), name="floored_scores")
+        weights = g.op("Where", chosen, floored, g.const(np.float32(0.0)), name="chosen_weights")  # w, 0 elsewhere
+        total = g.op("ReduceSum", weights, g.i64(-1), keepdims=1, name="total")  # sum(w) [T, 1]
+        # log(w / sum(w)): the op's softmax of it is w / sum(w); -inf (log 0) at the other experts, which
+        # neither top-k nor softmax can pick; and the largest is at least -log(k), where fp16 resolves it
+        # finely (fp16 spacing on a plain log(w) of small scores is up to 0.1% of a weight).
+        probs = g.op("Log", g.op("Div", weights, total), name="router_probs")
     if io != fp32:
         probs = g.op("Cast", probs, to=io, name="router_probs_cast")
 
@@ -92,8 +110,6 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | N
     if not moe.norm_topk_prob:
         factor = total  # the op's softmax divided by sum(w): multiply it back
     elif io == fp32:
-        # sum(w) / (sum(w) + 1e-6) is within 1e-6 / sum(w) of 1: below fp16/bf16's rounding of the
-        # output unless the chosen scores sum below ~2e-3, so only fp32 exports spend kernels on it.
         factor = g.op("Div", total, g.op("Add", total, g.const(np.float32(_NORM_EPS))), name="norm_correction")
     if moe.routed_scaling_factor != 1.0:
         scaling = g.const(np.float32(moe.routed_scaling_factor))
@@ -101,6 +117,39 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | N
     if factor is not None and io != fp32:
         factor = g.op("Cast", factor, to=io, name="scale_cast")
     return probs, factor
+
+
+def _gate_logits(ctx: Context, rows: ir.Value, p: str) -> ir.Value:
+    """x @ gate.T as [T, E] fp32. The gate stays fp32 whatever the export's precision (its [H, E]
+    matrix is tiny; fp32 keeps the choice among near-equal scores the same as transformers'),
+    unless the gate16 variant asks for the export's float dtype."""
+    g, spec, opts = ctx.g, ctx.spec, ctx.opts
+    fp32, e, hs = ir.DataType.FLOAT, spec.moe.num_experts, spec.hidden_size
+    in_io = "gate16" in opts.moe_router and opts.io_dtype != fp32
+    dtype, precision = (opts.io_dtype, opts.float_precision) if in_io else (fp32, "fp32")
+    x = rows if opts.io_dtype == dtype else g.op("Cast", rows, to=dtype)
+    load = lambda: ctx.w.ckpt.load(f"{p}.gate.weight")  # noqa: E731  [E, H]
+    if "gemm" in opts.moe_router:
+        gate = g.weight(f"{p}.gate.weight", dtype, (e, hs), lambda: to_numpy(load(), precision))
+        logits = g.op("Gemm", x, gate, transB=1, name="gate")
+    else:
+        gate = g.weight(f"{p}.gate.weight.T", dtype, (hs, e), lambda: to_numpy(load().T, precision))
+        logits = g.op("MatMul", x, gate, name="gate")
+    return logits if dtype == fp32 else g.op("Cast", logits, to=fp32, name="logits_fp32")
+
+
+def _chosen(g, choosing: ir.Value, k: int, by_rank: bool) -> ir.Value:
+    """[T, E] bool: the experts at or above the k-th largest of `choosing`. Only an exact tie with
+    the k-th score marks more than k (torch.topk's pick among exact ties is unspecified too)."""
+    if by_rank:
+        # above[t, i, j] = choosing[t, j] > choosing[t, i]; chosen when fewer than k are above.
+        above = g.op("Greater", g.op("Unsqueeze", choosing, g.i64(-2)), g.op("Unsqueeze", choosing, g.i64(-1)),
+                     name="pairwise_above")
+        count = g.op("ReduceSum", g.op("Cast", above, to=ir.DataType.FLOAT), g.i64(-1), keepdims=0, name="rank")
+        return g.op("Less", count, g.const(np.float32(k)), name="chosen")
+    top, _ = g.op("TopK", choosing, g.i64(k), axis=-1, largest=1, sorted=1, outputs=2, name="top_k")
+    kth = g.op("Slice", top, g.i64(k - 1), g.i64(k), g.i64(1), name="kth_score")  # [T, 1]
+    return g.op("GreaterOrEqual", choosing, kth, name="chosen")
 
 
 def _interleave_gate_up(gate_up: torch.Tensor) -> torch.Tensor:

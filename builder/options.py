@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -45,6 +46,12 @@ LM_HEAD_PRECISIONS = ("int8", "int4", "float")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 DEFAULT_CPU_ACCURACY_LEVEL = 4
 
+# Experimental MoE router formulations (builder/moe.py _route says what each does), off unless named
+# in this environment variable, comma-separated: measured on the H200 before any becomes a default
+# (benchmarks/moe_variants_gpu.sh). Hidden from the CLI on purpose.
+MOE_ROUTER_ENV = "LFM2_ONNX_MOE_ROUTER"
+MOE_ROUTER_VARIANTS = ("lean", "rank", "gemm", "gate16")
+
 _DTYPES = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
 # transformers.js picks the file by dtype (src/utils/dtypes.js): model.onnx (fp32), model_fp16.onnx,
 # model_bf16.onnx, model_quantized.onnx (q8), model_q4.onnx (q4), model_q4f16.onnx (q4f16). It has
@@ -71,8 +78,11 @@ class BuildOptions:
     symmetric: bool | None = None
     lm_head: str | None = None  # the vocabulary tables (LM head and embedding): int8, int4 or float
     accuracy_level: int | None = None  # CPU only
+    # Experimental MoE router variants (MOE_ROUTER_VARIANTS); None: read MOE_ROUTER_ENV.
+    moe_router: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        self._decide_moe_router()
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of: {', '.join(PRECISIONS)}")
         if self.ep not in EXECUTION_PROVIDERS:
@@ -85,6 +95,16 @@ class BuildOptions:
             self._decide_quantization()
         else:
             self._refuse_quantization_options()
+
+    def _decide_moe_router(self) -> None:
+        chosen = self.moe_router
+        if chosen is None:
+            chosen = tuple(v.strip() for v in os.environ.get(MOE_ROUTER_ENV, "").split(",") if v.strip())
+        unknown = [v for v in chosen if v not in MOE_ROUTER_VARIANTS]
+        if unknown:
+            raise UserError(f"{MOE_ROUTER_ENV}: unknown router variant {', '.join(unknown)}; "
+                            f"choose from: {', '.join(MOE_ROUTER_VARIANTS)}")
+        object.__setattr__(self, "moe_router", tuple(sorted(set(chosen))))
 
     def _decide_quantization(self) -> None:
         if self.block_size is None:
@@ -174,4 +194,5 @@ class BuildOptions:
     def summary(self) -> dict:
         """The choices made, for the folder's variants.json (and the model card)."""
         keys = ("block_size", "symmetric", "lm_head", "accuracy_level") if self.quantized else ()
-        return {"js_dtype": self.js_dtype, **{k: getattr(self, k) for k in keys}}
+        router = {"moe_router": list(self.moe_router)} if self.moe_router else {}
+        return {"js_dtype": self.js_dtype, **{k: getattr(self, k) for k in keys}, **router}

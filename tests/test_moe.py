@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from conftest import shared_model  # noqa: E402
 from lfm2_onnx.builder.export import export  # noqa: E402
 from lfm2_onnx.builder.model import build_model  # noqa: E402
-from lfm2_onnx.builder.options import BuildOptions  # noqa: E402
+from lfm2_onnx.builder.options import MOE_ROUTER_ENV, BuildOptions  # noqa: E402
 from lfm2_onnx.builder.spec import load_spec, spec_from_config  # noqa: E402
 from lfm2_onnx.builder.tensors import expected_shapes  # noqa: E402
 from lfm2_onnx.builder.tiny import tiny_moe_config  # noqa: E402
@@ -134,6 +134,49 @@ def test_quantized_experts_are_exact_to_their_dequantized_weights(tmp_path, fact
     model, replaced = dequantized_reference(folder, checkpoint)
     assert any(name.endswith("experts.gate_up_proj") for name in replaced)
     assert any(name.endswith("experts.down_proj") for name in replaced)
+    report = compare(folder, checkpoint, PROMPTS, steps=8, reference=model)
+    for phase in report.phases:
+        assert phase.max_abs <= 1e-4, report.table()
+    assert all(report.greedy_match), report.table()
+
+
+# --- experimental router variants (builder/moe.py _route; off unless LFM2_ONNX_MOE_ROUTER names them) --
+
+EXACT_ROUTER_VARIANTS = ("lean", "rank", "gemm")  # the same fp32 choice as the default graph
+
+
+def test_router_variants_are_off_unless_named(monkeypatch):
+    monkeypatch.delenv(MOE_ROUTER_ENV, raising=False)
+    assert BuildOptions("fp16", "cuda").moe_router == ()
+    assert "moe_router" not in BuildOptions("fp16", "cuda").summary()
+    monkeypatch.setenv(MOE_ROUTER_ENV, "rank, lean")
+    opts = BuildOptions("fp16", "cuda")
+    assert opts.moe_router == ("lean", "rank") and opts.summary()["moe_router"] == ["lean", "rank"]
+    monkeypatch.setenv(MOE_ROUTER_ENV, "lean,fast")
+    with pytest.raises(UserError, match="LFM2_ONNX_MOE_ROUTER: unknown router variant fast; choose from: lean, rank"):
+        BuildOptions("fp16", "cuda")
+
+
+@pytest.mark.parametrize("name", ["e8_top2", "e8_top4_unnormalised_scaled_untied"])
+def test_exact_router_variants_match_transformers_in_fp32(tmp_path, factory, name):
+    """No TopK (rank), a Gemm gate, no floor (lean): the same experts and weights as transformers."""
+    checkpoint = factory.checkpoint(moe=True, **CONFIGS[name])
+    opts = BuildOptions("fp32", "cpu", moe_router=EXACT_ROUTER_VARIANTS)
+    folder = export(checkpoint, tmp_path / "out", opts, progress=False).folder
+    router_ops = Counter(n.op_type for n in load_graph(folder).graph.node if "/router/" in n.name)
+    routed = len(load_spec(checkpoint)[0].moe_layers)
+    assert (router_ops["TopK"], router_ops["Max"], router_ops["Gemm"], router_ops["Less"]) == (0, 0, routed, routed)
+    report = compare(folder, checkpoint, PROMPTS, steps=STEPS)
+    for phase in report.phases:
+        assert phase.max_abs <= 1e-4 and phase.top1 == 1.0, report.table()
+    assert all(report.greedy_match), report.table()
+
+
+def test_exact_router_variants_keep_qmoe_exact(tmp_path, factory):
+    checkpoint = factory.checkpoint(moe=True)
+    opts = BuildOptions("int4", "cpu", accuracy_level=1, moe_router=EXACT_ROUTER_VARIANTS)
+    folder = export(checkpoint, tmp_path / "out", opts, progress=False).folder
+    model, _ = dequantized_reference(folder, checkpoint)
     report = compare(folder, checkpoint, PROMPTS, steps=8, reference=model)
     for phase in report.phases:
         assert phase.max_abs <= 1e-4, report.table()
