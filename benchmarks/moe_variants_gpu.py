@@ -8,11 +8,12 @@ MODELS_DIR holds LFM2-8B-A1B's config (and tokenizer files); the random checkpoi
 builds are reused from WORK (default /tmp/moe-round, benchmarks/moe_gpu_round.sh's folder) when
 present. Every configuration runs in its own process (onnxruntime reads the switches when a session
 runs, and a CUDA graph keeps what it captured): one load, then TTFT / TPOT / tokens/s at batch 1, 8
-and 32 (prompt 1024, 128 new, greedy, median of --runs after a warm-up), the replayed decode step at
-batch 1, and, for the profiled ones, the kernels of one batch-1 step (benchmarks/kernel_profile.py,
-a second load without graphs). Results: OUT_DIR/variants.jsonl, profiles OUT_DIR/profile-*.txt, and
-a table at the end. Configurations run in priority order and are skipped when --budget seconds would
-not fit them, so a short round still answers the main question.
+and 32 (prompt 1024, 128 new, greedy, median of --runs after a warm-up) and the replayed batch-1
+decode step; the profiled ones also get the kernels of one batch-1 step (benchmarks/kernel_profile.py,
+prompt 256, a load without graphs). Results: OUT_DIR/variants.jsonl, OUT_DIR/profile-*.txt, and a
+table at the end. Steps run in priority order (builds, base vs V, profiles, switches) and are skipped
+when --budget seconds would not fit them; run the same command again on the same machine to resume
+(finished configurations and builds are kept).
 Configurations (router variants: lean, rank, gemm, gate16; see builder/moe.py):
   fp16/q4f16 base          the current default graph
   fp16/q4f16 V             lean,rank,gemm (same choice as base: fp32 selection, ties alike)
@@ -43,8 +44,6 @@ ENV_DET = {"ORT_FORCE_DETERMINISTIC_MOE": "1"}
 # -- one configuration, in its own process ------------------------------------------------------
 
 def measure(args) -> None:
-    import numpy as np
-
     from lfm2_onnx.bench import _summary, prompts_for
     from lfm2_onnx.lfm2_model import Lfm2Model
     from lfm2_onnx.sampling import SamplingParams
@@ -52,8 +51,13 @@ def measure(args) -> None:
     sys.path.insert(0, str(HERE))
     import kernel_profile
 
-    start = time.perf_counter()
     capacity = args.prompt_len + args.gen + 64
+    if args.profile:  # the kernels of one batch-1 decode step, without graphs (CUPTI sees each launch)
+        profiled = kernel_profile.load(args.folder, "uniform", capacity, cuda_graph=False)
+        prompt = prompts_for(profiled.layout.vocab_size, 1, args.prompt_len)[0]
+        kernel_profile.profile(profiled, prompt, rows=args.rows)  # prints its table
+        return
+    start = time.perf_counter()
     model = Lfm2Model.load(args.folder, ep=args.ep, max_length=capacity)
     record = {"config": args.label, "folder": args.folder, "load_s": round(time.perf_counter() - start, 1),
               "env": {k: os.environ[k] for k in ("ORT_ENABLE_PDL", "ORT_FORCE_DETERMINISTIC_MOE") if k in os.environ}}
@@ -81,10 +85,6 @@ def measure(args) -> None:
     print(f"  {args.label} replayed batch-1 decode step {record['step_us_b1']:.1f} us", flush=True)
     with open(args.json, "a") as f:
         f.write(json.dumps(record) + "\n")
-    if args.profile:
-        del model
-        profiled = kernel_profile.load(args.folder, "uniform", capacity, cuda_graph=False)  # needs CUDA
-        kernel_profile.profile(profiled, prompt, rows=args.rows)  # prints its table to stdout
 
 
 # -- the round ----------------------------------------------------------------------------------
@@ -138,8 +138,15 @@ class Round:
                       self.out / f"build-{name}.log")
         return folder if ok else None
 
-    def measure(self, label: str, folder: Path | None, env: dict | None = None, warm: int = 0,
-                profile: bool = False) -> None:
+    def done(self) -> set[str]:
+        if not self.jsonl.exists():
+            return set()
+        return {json.loads(line)["config"] for line in self.jsonl.read_text().splitlines() if line.strip()}
+
+    def measure(self, label: str, folder: Path | None, env: dict | None = None, warm: int = 0) -> None:
+        """Timings of one configuration (skipped when variants.jsonl has it: a second call resumes)."""
+        if label in self.done():
+            return
         if folder is None:
             print(f"[skip] {label}: no build", flush=True)
             return
@@ -148,13 +155,18 @@ class Round:
                "--json", str(self.jsonl), "--runs", str(a.runs), "--steps", str(a.steps),
                "--batches", *map(str, a.batches), "--warm-tokens", str(warm), "--ep", a.ep,
                "--prompt-len", str(a.prompt_len), "--gen", str(a.gen)]
-        profile = profile and a.ep == "cuda"
-        cmd += ["--profile", "--rows", str(a.rows)] if profile else []
-        need = (75 if "q4f16" in label else 60) + (45 if profile else 0)
-        self.run(label, cmd, env, need, self.out / f"{'profile' if profile else 'run'}-{label.replace(' ', '_')}.txt")
+        self.run(label, cmd, env, 75 if "q4f16" in label else 60, self.out / f"run-{label.replace(' ', '_')}.txt")
+
+    def profile(self, label: str, folder: Path | None) -> None:
+        log = self.out / f"profile-{label.replace(' ', '_')}.txt"
+        if folder is None or self.args.ep != "cuda" or (log.exists() and "kernels per step" in log.read_text()):
+            return
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", str(folder), "--label", label,
+               "--profile", "--rows", str(self.args.rows), "--prompt-len", "256"]
+        self.run(f"profile {label}", cmd, None, 50, log)
 
     def plan(self) -> list:
-        """(precision, label, thunk) in priority order: the main comparison first, then the switches."""
+        """(precision, step) in priority order: builds, base vs V, profiles, then the switches."""
         fp16 = lambda: self.build("fp16", "fp16", "")  # noqa: E731
         fp16_v = lambda: self.build("fp16-v", "fp16", VARIANT)  # noqa: E731
         q4 = lambda: self.build("q4f16", "int4", "")  # noqa: E731
@@ -162,16 +174,19 @@ class Round:
         gate16 = lambda: self.build("fp16-v-gate16", "fp16", VARIANT + ",gate16")  # noqa: E731
         return [
             ("fp16", lambda: (fp16(), fp16_v())),
-            ("fp16", lambda: self.measure("fp16 base", fp16(), profile=self.args.profile_base)),
-            ("fp16", lambda: self.measure("fp16 V", fp16_v(), profile=True)),
             ("q4f16", lambda: (q4(), q4_v())),
+            ("fp16", lambda: self.measure("fp16 base", fp16())),
+            ("fp16", lambda: self.measure("fp16 V", fp16_v())),
             ("q4f16", lambda: self.measure("q4f16 base", q4())),
-            ("q4f16", lambda: self.measure("q4f16 V", q4_v(), profile=True)),
+            ("q4f16", lambda: self.measure("q4f16 V", q4_v())),
+            ("fp16", lambda: self.profile("fp16 V", fp16_v())),
+            ("q4f16", lambda: self.profile("q4f16 V", q4_v())),
             ("fp16", lambda: self.measure("fp16 V pdl", fp16_v(), ENV_PDL)),
             ("fp16", lambda: self.measure("fp16 V det", fp16_v(), ENV_DET)),
             ("q4f16", lambda: self.measure("q4f16 V det", q4_v(), ENV_DET)),
             ("fp16", lambda: self.measure("fp16 V warm1", fp16_v(), warm=1)),
             ("q4f16", lambda: self.measure("q4f16 V pdl", q4_v(), ENV_PDL)),
+            ("fp16", lambda: self.profile("fp16 base", fp16()) if self.args.profile_base else None),
             ("fp16", lambda: self.measure("fp16 V+gate16", gate16() if self.left() > 110 else None)),
         ]
 
@@ -185,6 +200,10 @@ class Round:
             cells = "".join(f"{r[f'b{b}']['ttft_ms']:>10.2f}{r[f'b{b}']['tpot_ms']:>10.3f}{r[f'b{b}']['tokens_per_s']:>11.0f}"
                             if f"b{b}" in r else f"{'-':>31}" for b in self.args.batches)
             print(f"{r['config']:<16}{r['load_s']:>7.1f}{r['step_us_b1']:>9.1f}{cells}")
+        for log in sorted(self.out.glob("profile-*.txt")):
+            lines = [line.strip() for line in log.read_text().splitlines()
+                     if "greedy step with CUDA graph replay" in line or "kernels per step" in line]
+            print(f"{log.stem}: {'; '.join(lines) or 'no profile'}")
         tokens = {r["config"]: r["tokens_b1"] for r in rows}
         print("batch-1 greedy tokens equal to base's:", {c: t == tokens.get(c.split()[0] + " base")
                                                         for c, t in tokens.items()})
@@ -208,7 +227,7 @@ def main() -> None:
     p.add_argument("--label", help=argparse.SUPPRESS)
     p.add_argument("--json", help=argparse.SUPPRESS)
     p.add_argument("--warm-tokens", type=int, default=0, help=argparse.SUPPRESS)
-    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--profile", action="store_true", help=argparse.SUPPRESS)  # profile only
     # a dry run of the script's own plumbing on a CPU with tiny exports in WORK
     p.add_argument("--ep", default="cuda", help=argparse.SUPPRESS)
     p.add_argument("--prompt-len", type=int, default=1024, help=argparse.SUPPRESS)
