@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -39,6 +40,7 @@ HERE = Path(__file__).resolve().parent
 VARIANT = "lean,rank,gemm"
 ENV_PDL = {"ORT_ENABLE_PDL": "1"}
 ENV_DET = {"ORT_FORCE_DETERMINISTIC_MOE": "1"}
+SIZE_GB = {"fp16": 16.5, "int4": 9.0}  # one 8B-A1B build on disk
 
 
 # -- one configuration, in its own process ------------------------------------------------------
@@ -132,21 +134,41 @@ class Round:
         if folder.exists():
             return folder
         cost = 45 if precision == "fp16" else 100
-        cmd = [sys.executable, "-m", "lfm2_onnx.build", "-i", str(self.checkpoint()), "-o", str(folder), "-p",
+        checkpoint = self.checkpoint()
+        if not self.make_room(SIZE_GB[precision]):
+            print(f"[skip] build {name}: {self.free_gb():.0f} GB free, needs ~{SIZE_GB[precision]} GB", flush=True)
+            return None
+        cmd = [sys.executable, "-m", "lfm2_onnx.build", "-i", str(checkpoint), "-o", str(folder), "-p",
                precision, "-e", "cuda", "-q"]
         ok = self.run(f"build {name} ({router or 'base'})", cmd, {"LFM2_ONNX_MOE_ROUTER": router}, cost,
                       self.out / f"build-{name}.log")
         return folder if ok else None
+
+    def free_gb(self) -> float:
+        return shutil.disk_usage(self.work).free / 1e9
+
+    def make_room(self, need_gb: float) -> bool:
+        """The device's disk (64 GiB) holds the checkpoint and about four 8B builds: base builds whose
+        timings are already taken go first when a build would not fit."""
+        for label, name in (("fp16 base", "ours-fp16"), ("q4f16 base", "ours-q4f16")):
+            if self.free_gb() >= need_gb + 3:
+                break
+            if label in self.done() and (self.work / name).exists() and not self.args.profile_base:
+                print(f"[disk] removing {name} ({label} is measured) for the next build", flush=True)
+                shutil.rmtree(self.work / name)
+        return self.free_gb() >= need_gb + 3
 
     def done(self) -> set[str]:
         if not self.jsonl.exists():
             return set()
         return {json.loads(line)["config"] for line in self.jsonl.read_text().splitlines() if line.strip()}
 
-    def measure(self, label: str, folder: Path | None, env: dict | None = None, warm: int = 0) -> None:
-        """Timings of one configuration (skipped when variants.jsonl has it: a second call resumes)."""
+    def measure(self, label: str, build, env: dict | None = None, warm: int = 0) -> None:
+        """Timings of one configuration (skipped when variants.jsonl has it: a second call resumes).
+        `build` gives its folder (building it if needed), or None."""
         if label in self.done():
             return
+        folder = build()
         if folder is None:
             print(f"[skip] {label}: no build", flush=True)
             return
@@ -157,9 +179,12 @@ class Round:
                "--prompt-len", str(a.prompt_len), "--gen", str(a.gen)]
         self.run(label, cmd, env, 75 if "q4f16" in label else 60, self.out / f"run-{label.replace(' ', '_')}.txt")
 
-    def profile(self, label: str, folder: Path | None) -> None:
+    def profile(self, label: str, build) -> None:
         log = self.out / f"profile-{label.replace(' ', '_')}.txt"
-        if folder is None or self.args.ep != "cuda" or (log.exists() and "kernels per step" in log.read_text()):
+        if self.args.ep != "cuda" or (log.exists() and "kernels per step" in log.read_text()):
+            return
+        folder = build()
+        if folder is None:
             return
         cmd = [sys.executable, str(Path(__file__).resolve()), "--measure", str(folder), "--label", label,
                "--profile", "--rows", str(self.args.rows), "--prompt-len", "256"]
@@ -173,21 +198,21 @@ class Round:
         q4_v = lambda: self.build("q4f16-v", "int4", VARIANT)  # noqa: E731
         gate16 = lambda: self.build("fp16-v-gate16", "fp16", VARIANT + ",gate16")  # noqa: E731
         return [
-            ("fp16", lambda: (fp16(), fp16_v())),
-            ("q4f16", lambda: (q4(), q4_v())),
-            ("fp16", lambda: self.measure("fp16 base", fp16())),
-            ("fp16", lambda: self.measure("fp16 V", fp16_v())),
-            ("q4f16", lambda: self.measure("q4f16 base", q4())),
-            ("q4f16", lambda: self.measure("q4f16 V", q4_v())),
-            ("fp16", lambda: self.profile("fp16 V", fp16_v())),
-            ("q4f16", lambda: self.profile("q4f16 V", q4_v())),
-            ("fp16", lambda: self.measure("fp16 V pdl", fp16_v(), ENV_PDL)),
-            ("fp16", lambda: self.measure("fp16 V det", fp16_v(), ENV_DET)),
-            ("q4f16", lambda: self.measure("q4f16 V det", q4_v(), ENV_DET)),
-            ("fp16", lambda: self.measure("fp16 V warm1", fp16_v(), warm=1)),
-            ("q4f16", lambda: self.measure("q4f16 V pdl", q4_v(), ENV_PDL)),
-            ("fp16", lambda: self.profile("fp16 base", fp16()) if self.args.profile_base else None),
-            ("fp16", lambda: self.measure("fp16 V+gate16", gate16() if self.left() > 110 else None)),
+            ("fp16", lambda: ("fp16 base" in self.done() or fp16(), fp16_v())),  # a measured base may be gone
+            ("fp16", lambda: self.measure("fp16 base", fp16)),
+            ("fp16", lambda: self.measure("fp16 V", fp16_v)),
+            ("q4f16", lambda: ("q4f16 base" in self.done() or q4(), q4_v())),
+            ("q4f16", lambda: self.measure("q4f16 base", q4)),
+            ("q4f16", lambda: self.measure("q4f16 V", q4_v)),
+            ("fp16", lambda: self.profile("fp16 V", fp16_v)),
+            ("q4f16", lambda: self.profile("q4f16 V", q4_v)),
+            ("fp16", lambda: self.measure("fp16 V pdl", fp16_v, ENV_PDL)),
+            ("fp16", lambda: self.measure("fp16 V det", fp16_v, ENV_DET)),
+            ("q4f16", lambda: self.measure("q4f16 V det", q4_v, ENV_DET)),
+            ("fp16", lambda: self.measure("fp16 V warm1", fp16_v, warm=1)),
+            ("q4f16", lambda: self.measure("q4f16 V pdl", q4_v, ENV_PDL)),
+            ("fp16", lambda: self.profile("fp16 base", fp16) if self.args.profile_base else None),
+            ("fp16", lambda: self.measure("fp16 V+gate16", lambda: gate16() if self.left() > 110 else None)),
         ]
 
     def table(self) -> None:
