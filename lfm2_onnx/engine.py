@@ -350,10 +350,11 @@ class Engine:
         two = (self._fed_rows == rows and not self._waiting
                and all(r.greedy_on_device and r.max_new_tokens - len(r.generated) >= 2 for r in running))
         parities = [self._parity, 1 - self._parity] if two else [self._parity]
-        for parity in parities:
-            binding, options = self._decode_binding(rows, parity)
-            self.sessions.uniform.run_with_iobinding(binding, options)
-        binding.synchronize_outputs()
+        for k, parity in enumerate(parities):
+            binding, queued, waited = self._decode_binding(rows, parity)
+            # The last run waits for the device inside run_with_iobinding, which releases the GIL
+            # (synchronize_outputs holds it): the server's event loop streams the previous tokens meanwhile.
+            self.sessions.uniform.run_with_iobinding(binding, waited if k == len(parities) - 1 else queued)
         fed = True
         for parity in parities:
             self._parity = 1 - parity
@@ -372,21 +373,23 @@ class Engine:
         return running
 
     def _decode_binding(self, rows: int, parity: int):
+        """(binding, options that return once the run is queued, options that wait for the device)."""
         key = (rows, parity)
         if key not in self._decode_bindings:  # made once: a captured CUDA graph keeps the addresses it recorded
             binding = self.sessions.uniform.io_binding()
             self.caches.bind_decode(binding, rows, parity)
-            self._decode_bindings[key] = (binding, self._run_options(next(self._graph_ids)))
+            graph_id = next(self._graph_ids)
+            self._decode_bindings[key] = (binding, self._run_options(graph_id, wait=False),
+                                          self._run_options(graph_id))
         return self._decode_bindings[key]
 
-    def _run_options(self, graph_id: int):
+    def _run_options(self, graph_id: int, wait: bool = True):
         from onnxruntime import RunOptions
 
         options = RunOptions()
         # Always set: onnxruntime's Python run looks the entry up, and a missing one costs ~0.1 ms (an exception).
         options.add_run_config_entry("gpu_graph_id", str(graph_id if self.cuda_graph else -1))
-        if graph_id != -1:  # decode steps return once queued; the step waits where it reads
-            options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+        options.add_run_config_entry("disable_synchronize_execution_providers", "0" if wait else "1")
         return options
 
     # -- tokens ---------------------------------------------------------------------------------
