@@ -1,7 +1,7 @@
 """The engine's thread: takes requests from the event loop, steps the batch, sends tokens back.
 
 One thread owns the engine (lfm2_onnx.engine) and calls nothing else; HTTP handlers talk to it
-through an inbox (add / cancel) and get each step's new tokens on their asyncio queue. It sleeps
+through an inbox (add / cancel) and get each step's new tokens in their job's mailbox. It sleeps
 while there is nothing to do. A step that fails fails the requests in it; the server keeps serving.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 import time
 from collections import deque
@@ -20,22 +21,53 @@ from .protocol import ApiError
 
 log = logging.getLogger("lfm2_onnx.serve")
 
+SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another waits (sys.setswitchinterval)
+
+
+class Mailbox:
+    """Items for one job's handler, put and taken on the event loop: take() returns everything put
+    since the last take, in order (a handler that fell behind gets several steps at once). One list
+    and one future: lighter per token than an asyncio.Queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._items: list = []
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def take(self) -> list:
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        items, self._items = self._items, []
+        return items
+
 
 @dataclass(eq=False)
 class Job:
-    """One HTTP request's generation: the engine request and the queue its tokens arrive on.
+    """One HTTP request's generation: the engine request and the mailbox its tokens arrive in.
 
-    The queue receives (token ids, finish reason or None) per step, or an ApiError."""
+    The mailbox receives (token ids, finish reason or None) per step, or an ApiError."""
 
     request: Request
     loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    mailbox: Mailbox = field(init=False)
     delivered: int = 0  # tokens of request.generated already sent
     submitted: float = field(default_factory=time.perf_counter)
     endpoint: str = ""
     text: object = None  # the TextStream its tokens go through
     finish_reason: str | None = None  # OpenAI's: stop, length (tool_calls is decided by the handler)
     eos: bool = False  # it ended on an eos token
+
+    def __post_init__(self):
+        self.mailbox = Mailbox(self.loop)
 
 
 class Overloaded(Exception):
@@ -49,9 +81,15 @@ class EngineWorker:
         self._live: set[Job] = set()  # submitted and not finished (running or waiting)
         self._wake = threading.Condition()
         self._stopping = False
+        self._switch_interval: float | None = None  # the process's own, restored by stop()
         self._thread = threading.Thread(target=self._run, name="lfm2-engine", daemon=True)
 
     def start(self) -> None:
+        # The engine thread gives up the GIL while onnxruntime runs and wants it back the moment the
+        # run ends; the event loop, busy streaming the previous step's tokens, would keep it for up to
+        # the switch interval (5 ms by default: longer than a GPU decode step).
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
         self._thread.start()
 
     def stop(self) -> None:
@@ -59,6 +97,8 @@ class EngineWorker:
             self._stopping = True
             self._wake.notify()
         self._thread.join(timeout=10)
+        if self._switch_interval is not None:
+            sys.setswitchinterval(self._switch_interval)
 
     @property
     def waiting(self) -> int:
@@ -119,7 +159,7 @@ class EngineWorker:
             self.engine.add(job.request)
         except UserError as e:
             job.request.finish_reason = "cancelled"
-            job.loop.call_soon_threadsafe(job.queue.put_nowait, ApiError(400, one_line(e)))
+            job.loop.call_soon_threadsafe(job.mailbox.put, ApiError(400, one_line(e)))
 
     def _deliver(self, requests: list[Request]) -> None:
         by_loop: dict[asyncio.AbstractEventLoop, list] = {}
@@ -137,9 +177,9 @@ class EngineWorker:
         stuck = [r for r in engine._slots if r is not None] + list(engine._waiting)
         for request in stuck:
             engine.cancel(request)
-            request.tag.loop.call_soon_threadsafe(request.tag.queue.put_nowait, error)
+            request.tag.loop.call_soon_threadsafe(request.tag.mailbox.put, error)
 
 
 def _dispatch(items) -> None:
     for job, tokens, finish in items:
-        job.queue.put_nowait((tokens, finish))
+        job.mailbox.put((tokens, finish))
