@@ -32,33 +32,30 @@ class TextCodec:
 class IncrementalDecoder:
     """Text deltas from a growing token list, never splitting a multi-byte character.
 
-    Decodes a short window of recent tokens (the last few already printed, as context for merges
-    and leading spaces) rather than the whole sequence each step; a delta ending in U+FFFD is an
-    incomplete UTF-8 sequence and waits for the next token. Concatenated deltas equal decode(all).
+    tokenizers' DecodeStream does the work (it decodes a short window of recent tokens, in Rust, and
+    holds back an incomplete UTF-8 sequence until the next token); flush() gives what it held back.
+    Concatenated deltas equal decode(all).
     """
 
     def __init__(self, codec: TextCodec, *, skip_special_tokens: bool = True):
+        from tokenizers.decoders import DecodeStream
+
         self.codec, self.skip = codec, skip_special_tokens
         self.ids: list[int] = []
-        self.prefix_offset = 0  # start of the context window
-        self.read_offset = 0  # tokens whose text has been emitted
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens)
+        self._emitted = 0  # characters given out
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        prefix = self.codec.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip)
-        full = self.codec.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        if full.endswith("\ufffd") or len(full) <= len(prefix):
-            return ""
-        delta = full[len(prefix):]
-        self.prefix_offset, self.read_offset = max(self.read_offset - 4, 0), len(self.ids)
+        delta = self._stream.step(self.codec.tokenizer, token) or ""
+        self._emitted += len(delta)
         return delta
 
     def flush(self) -> str:
         """Whatever is left (an incomplete character at the very end decodes as U+FFFD)."""
-        prefix = self.codec.decode(self.ids[self.prefix_offset:self.read_offset], skip_special_tokens=self.skip)
-        full = self.codec.decode(self.ids[self.prefix_offset:], skip_special_tokens=self.skip)
-        self.read_offset = len(self.ids)
-        return full[len(prefix):] if len(full) > len(prefix) else ""
+        text = self.codec.decode(self.ids, skip_special_tokens=self.skip)
+        rest, self._emitted = text[self._emitted:], len(text)
+        return rest
 
 
 class TextStream:
