@@ -505,3 +505,72 @@ def test_cli_errors_are_one_line(tmp_path, multi, capsys):
     assert "no int8 variant" in err[2] and "it holds: cpu-fp32, cpu-int4" in err[2]
     assert "--revision applies to a Hub id" in err[3]
     assert "--max-length 999999 exceeds the model's context" in err[4]
+
+
+# -- the per-token path, without a server ---------------------------------------------------------
+TRICKY = ["", "plain", 'quo"te', "back\\slash", "new\nline\ttab", "ctl\x00\x1f\x7f", "héllo 世界 🙂", "\u2028\u2029",
+          "\ufffd", "</s>", "\x00text\x00"]
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_sse_template_chunks_equal_the_general_chunk(include_usage):
+    """Content chunks come from a prebuilt template; each must be byte-equal to the general encoder's."""
+    from lfm2_onnx.server.app import _SseTemplate, _sse_chunk
+    from lfm2_onnx.server.protocol import ChatCompletionRequest, CompletionRequest
+
+    options = {"stream": True, "stream_options": {"include_usage": include_usage}}
+    head = {"id": "cmpl-1", "created": 7, "model": 'm"odel'}
+    completion = CompletionRequest.model_validate({"prompt": "x", **options})
+    chat = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}], **options})
+    for text in TRICKY:
+        fast = _SseTemplate(head, "text_completion", {"text": ""}, completion)(text)
+        assert fast == _sse_chunk(head, "text_completion", {"text": text}, None, completion, None)
+        for key in ("content", "reasoning_content"):
+            fast = _SseTemplate(head, "chat.completion.chunk", {"delta": {key: ""}}, chat)(text)
+            assert fast == _sse_chunk(head, "chat.completion.chunk", {"delta": {key: text}}, None, chat, None)
+            assert json.loads(fast[6:])["choices"][0]["delta"] == {key: text}
+
+
+def test_a_reader_that_falls_behind_gets_every_token_in_order(folder):
+    """Steps delivered while the handler was busy come out together, in order, nothing lost."""
+    from types import SimpleNamespace
+
+    from lfm2_onnx.engine import Request
+    from lfm2_onnx.server.app import _text
+    from lfm2_onnx.server.metrics import Metrics
+    from lfm2_onnx.server.worker import Job, _dispatch
+    from lfm2_onnx.text import TextCodec, TextStream
+
+    codec = TextCodec(folder)
+    ids = codec.encode("one two three four five six seven eight nine ten", add_special_tokens=False)
+    state = SimpleNamespace(metrics=Metrics(), worker=None)
+
+    async def run(batches: list[int]) -> list[str]:
+        """Deliver one token per step; the reader runs only after each batch of `batches` steps."""
+        job = Job(Request(list(ids[:1]), len(ids)), asyncio.get_running_loop(), endpoint="completions")
+        job.text = TextStream(codec)
+        pieces, step = [], 0
+
+        async def read():
+            async for piece in _text(state, job):
+                pieces.append(piece)
+
+        reader = asyncio.create_task(read())
+        for size in batches:
+            for _ in range(min(size, len(ids) - step)):
+                finish = "length" if step == len(ids) - 1 else None
+                if finish:
+                    job.request.finish_reason = finish
+                _dispatch([(job, [ids[step]], finish)])
+                step += 1
+            for _ in range(3):  # the reader takes what has arrived
+                await asyncio.sleep(0)
+        await reader
+        assert job.finish_reason == "length"
+        return pieces
+
+    whole = codec.decode(ids)
+    behind = asyncio.run(run([len(ids)]))
+    assert behind == [whole]  # all steps in one chunk
+    uneven = asyncio.run(run([1, 3, 1, 4, len(ids)]))
+    assert "".join(uneven) == whole and len(uneven) > 1

@@ -42,6 +42,7 @@ _RESERVED_TEMPLATE_VARS = {"messages", "tools", "documents", "add_generation_pro
 _TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "function-after", "literal"}
 _PART_TAGS = {"text", "image_url"}  # message content part types (protocol.Message)
 _FINISH = {"stop": "stop", "length": "length", "cancelled": "stop"}
+_TEXT_DELTAS = ("content", "reasoning_content")  # chat deltas streamed through an _SseTemplate
 
 
 @dataclass
@@ -276,12 +277,8 @@ async def _text(state: _State, job: Job) -> AsyncIterator[str]:
     metrics, last = state.metrics, None
     try:
         while True:
-            item = await job.queue.get()
-            if isinstance(item, ApiError):
-                raise item
-            tokens, finish = item
-            while finish is None and not job.queue.empty():  # a reader that fell behind: one chunk for all
-                item = job.queue.get_nowait()
+            tokens, finish = [], None
+            for item in await job.mailbox.take():  # a reader that fell behind: one chunk for all
                 if isinstance(item, ApiError):
                     raise item
                 tokens, finish = tokens + item[0], item[1]
@@ -392,6 +389,7 @@ class _Chat:
         job.text = text
         self.parser = ChatStreamParser(reasoning_started=reasoning_started)
         self.head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.name}
+        self.templates: dict[str, _SseTemplate] = {}  # content / reasoning_content chunks
 
     def _events(self, events, calls: list) -> list[dict]:
         """Chunk deltas for parser events; tool calls the OpenAI way: id/type/name first, then arguments."""
@@ -413,6 +411,13 @@ class _Chat:
         return deltas
 
     def _chunk(self, delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        if finish is None and usage is None and delta is not None and len(delta) == 1:
+            (key, value), = delta.items()
+            if key in _TEXT_DELTAS and isinstance(value, str):  # most chunks: one piece of text
+                if key not in self.templates:
+                    self.templates[key] = _SseTemplate(self.head, "chat.completion.chunk", {"delta": {key: ""}},
+                                                       self.body)
+                return self.templates[key](value)
         choice = None if delta is None else {"delta": delta}
         return _sse_chunk(self.head, "chat.completion.chunk", choice, finish, self.body, usage)
 
@@ -455,6 +460,22 @@ def _sse_chunk(head: dict, kind: str, choice: dict | None, finish: str | None, b
     return f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
 
 
+class _SseTemplate:
+    """The events of one stream that differ only in one text (a content delta): _sse_chunk's output
+    around that text is made once, and each event JSON-encodes just the text."""
+
+    _MARK = "\x00text\x00"
+
+    def __init__(self, head: dict, kind: str, choice: dict, body):
+        field = next(iter(choice))
+        marked = {field: self._MARK} if isinstance(choice[field], str) else {field: {k: self._MARK for k in choice[field]}}
+        event = _sse_chunk(head, kind, marked, None, body, None)
+        self.before, self.after = event.split(json.dumps(self._MARK, ensure_ascii=False))
+
+    def __call__(self, text: str) -> str:
+        return f"{self.before}{json.dumps(text, ensure_ascii=False)}{self.after}"
+
+
 async def _sse_stream(content: AsyncIterator[str], chunk, body, job: Job) -> AsyncIterator[str]:
     """A completion's content chunks, the usage chunk when stream_options asks for it, then [DONE];
     an ApiError mid-stream becomes an error event (the status line has already gone out)."""
@@ -474,8 +495,11 @@ class _Completion:
         self.state, self.job, self.body = state, job, body
         job.text = text
         self.head = {"id": f"cmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": state.name}
+        self.template = _SseTemplate(self.head, "text_completion", {"text": ""}, body)
 
     def _chunk(self, text: str | None, finish: str | None = None, usage: dict | None = None) -> str:
+        if finish is None and usage is None and text is not None:
+            return self.template(text)
         choice = None if text is None else {"text": text}
         return _sse_chunk(self.head, "text_completion", choice, finish, self.body, usage)
 
