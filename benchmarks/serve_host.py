@@ -1,12 +1,18 @@
 """Host work per generated token, split: the engine's own step vs the server's per-token path.
 
     python benchmarks/serve_host.py engine FOLDER --rows 16 64          # engine.step(): host µs per row-token
+    python benchmarks/serve_host.py stream FOLDER --rows 64 [--chat]    # the event loop's µs per token, no HTTP
     python benchmarks/serve_host.py server FOLDER --clients 16 64       # the server around a model-free engine
 
-`engine`: the real Engine on FOLDER (CPU), --rows requests prefilled together, then --steps decode
-steps timed; onnxruntime's run time is measured apart (a wrapper around run_with_iobinding), and
+`engine`: the real Engine on FOLDER (--ep), --rows requests prefilled together, then --steps decode
+steps timed; onnxruntime's run time (device waits included: the step's last run waits for the
+device) is measured apart (a wrapper around run_with_iobinding), and
 what is left of the step, divided by the tokens it produced, is the engine's host work per row
 per step (bookkeeping, sampling decisions, reading tokens back).
+
+`stream`: --rows streams fed one token per step through the worker's hand-off and the app's chunk
+path (mailbox, detokenising, stop strings, metrics, SSE JSON), no HTTP: the event loop's CPU time
+per token.
 
 `server`: the real server (FastAPI app, worker thread, detokenising, SSE, uvicorn) whose engine is
 replaced by NullEngine: the same interface with no model, each decode step gives every running
@@ -32,13 +38,13 @@ import numpy as np
 
 
 # -- the engine ---------------------------------------------------------------------------------
-def engine_host(folder: str, rows: int, steps: int, prompt_len: int) -> dict:
+def engine_host(folder: str, rows: int, steps: int, prompt_len: int, ep: str = "cpu") -> dict:
     from lfm2_onnx.engine import Engine, Request
     from lfm2_onnx.hub import resolve_export
     from lfm2_onnx.sampling import SamplingParams
 
-    layout = resolve_export(folder, "cpu", None)
-    engine = Engine(layout, "cpu", prompt_len + steps * 2 + 8, max_slots=rows)
+    layout = resolve_export(folder, ep, None)
+    engine = Engine(layout, ep, prompt_len + steps * 2 + 8, max_slots=rows)
     session = engine.sessions.uniform
     ort = [0.0]
     run = session.run_with_iobinding
@@ -64,7 +70,7 @@ def engine_host(folder: str, rows: int, steps: int, prompt_len: int) -> dict:
         engine.step()
     wall = time.perf_counter() - start
     tokens = sum(len(r.generated) for r in requests) - before
-    return {"rows": rows, "tokens": tokens, "step_tokens_per_row": tokens / rows / steps,
+    return {"ep": ep, "rows": rows, "tokens": tokens, "step_tokens_per_row": tokens / rows / steps,
             "wall_ms_per_step": 1e3 * wall / steps, "ort_ms_per_step": 1e3 * ort[0] / steps,
             "host_us_per_row_token": 1e6 * (wall - ort[0]) / tokens}
 
@@ -267,6 +273,7 @@ def main(argv=None) -> int:
     e.add_argument("--rows", type=int, nargs="+", default=[16, 64])
     e.add_argument("--steps", type=int, default=100)
     e.add_argument("--prompt-len", type=int, default=16)
+    e.add_argument("--ep", default="cpu", choices=["cpu", "cuda"])
     t = sub.add_parser("stream")
     t.add_argument("folder")
     t.add_argument("--rows", type=int, nargs="+", default=[16, 64])
@@ -298,7 +305,7 @@ def main(argv=None) -> int:
     rows = []
     if args.part == "engine":
         for r in args.rows:
-            rows.append(engine_host(args.folder, r, args.steps, args.prompt_len))
+            rows.append(engine_host(args.folder, r, args.steps, args.prompt_len, args.ep))
             print(json.dumps(rows[-1]))
     elif args.part == "stream":
         for r in args.rows:
