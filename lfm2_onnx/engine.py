@@ -300,7 +300,8 @@ class Engine:
         self._encode_images(requests)
         for run in _contiguous(requests):
             lengths = {len(r.prompt) for r in run}
-            if len(lengths) == 1:
+            # GroupQueryAttention takes a chunk after the first only for one row at a time.
+            if len(lengths) == 1 and (len(run) == 1 or max(lengths) <= PREFILL_CHUNK):
                 scores, tokens = self._prefill_uniform(run)
             elif max(lengths) <= PREFILL_CHUNK and self.sessions.ragged_prefill:
                 scores, tokens = self._prefill_ragged(run)
