@@ -348,3 +348,16 @@ def test_cuda_logits_and_greedy_match_transformers(factory, vl_checkpoint, refer
         prompts = _prompts(gpu)
         singles = [_alone(gpu, inputs) for inputs in prompts]
         assert _batch(gpu, prompts) == singles
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int4"])
+def test_other_precisions_run_images_on_cpu(factory, vl_checkpoint, reference, precision):
+    """fp16 judged against transformers by build --verify's fp16 rule; int4 (GatherBlockQuantized
+    table glued in, MatMulNBits decoder, float vision encoder) runs and batches equal single runs."""
+    other = Lfm2Model.load(factory.export(vl_checkpoint, precision), max_length=2048)
+    if precision == "fp16":
+        check_parity(other, reference, _user(WIDE, LARGE, "What is in these pictures?"), "fp16")
+    prompts = _prompts(other)
+    singles = [_alone(other, inputs, steps=6) for inputs in prompts]
+    assert _batch(other, prompts, steps=6) == singles
+    assert isinstance(other.chat(_user(SMALL, "Hi"), max_new_tokens=4)["content"], str)
