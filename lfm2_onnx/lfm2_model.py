@@ -222,7 +222,8 @@ class Lfm2Model:
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
                      *, skip_special_tokens: bool = True, images: ProcessedImages | None = None) -> Iterator[str]:
         text = TextStream(self.codec, stop, skip_special_tokens=skip_special_tokens)
-        tokens = self.stream_ids(ids, max_new_tokens, params, images=images)
+        # Text prompts call stream_ids as before images existed (callers and tests stand in for it).
+        tokens = self.stream_ids(ids, max_new_tokens, params, **({"images": images} if images is not None else {}))
         try:
             for token in tokens:
                 out = text.push(token)
@@ -249,12 +250,17 @@ class Lfm2Model:
         """
         from .chat import ChatStreamParser, parse_assistant_message
 
-        inputs, reasoning_started = self.chat_inputs(messages, tools, max_new_tokens=max_new_tokens)
+        from .vision.chat import has_image_parts
+
+        if has_image_parts(messages):
+            inputs, reasoning_started = self.chat_inputs(messages, tools, max_new_tokens=max_new_tokens)
+            ids, images = inputs.input_ids, inputs.images
+        else:
+            (ids, reasoning_started), images = self.chat_prompt(messages, tools), None
         params = self.sampling_params(preset, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                       repetition_penalty=repetition_penalty, seed=seed)
         # Special tokens stay in the text: <|tool_call_start|> is one, in LFM2's tokenizer.
-        deltas = self._stream_text(inputs.input_ids, max_new_tokens, params, stop or [], skip_special_tokens=False,
-                                   images=inputs.images)
+        deltas = self._stream_text(ids, max_new_tokens, params, stop or [], skip_special_tokens=False, images=images)
         if stream:
             return ChatStream(deltas, ChatStreamParser(reasoning_started=reasoning_started))
         return parse_assistant_message("".join(deltas), reasoning_started=reasoning_started)
@@ -287,12 +293,12 @@ class Lfm2Model:
         from .vision import VlInputs
         from .vision.chat import has_image_parts, split_image_parts
 
-        if not has_image_parts(messages):
+        if not has_image_parts(messages) or not self.takes_images:  # chat_prompt refuses images on text exports
             ids, reasoning_started = self.chat_prompt(messages, tools, template_kwargs=template_kwargs,
                                                       generation_prefix=generation_prefix)
             token = self.layout.vision.image_token_id if self.takes_images else -1
             return VlInputs(ids, None, token), reasoning_started
-        processor = self.processor  # refuses text-only exports
+        processor = self.processor
         template_messages, images = split_image_parts(messages)
         text, reasoning_started = self._render_chat(template_messages, tools, template_kwargs)
         room = self.capacity - (max_new_tokens or 0)
