@@ -295,7 +295,8 @@ class Engine:
         """Prompts of contiguous slots run together (equal lengths: uniform graph; else ragged graph).
 
         Where the sessions have no ragged graph (CPU: a second session would hold a second copy of
-        the weights, lfm2_onnx.session.DecoderSessions), unequal prompts prefill one at a time.
+        the weights, lfm2_onnx.session.DecoderSessions), unequal prompts prefill one at a time, as
+        do equal prompts longer than PREFILL_CHUNK. Images are encoded first, in one run.
         """
         self._encode_images(requests)
         for run in _contiguous(requests):

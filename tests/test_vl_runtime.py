@@ -320,6 +320,19 @@ def test_text_folder_refuses_images(tiny_export):
         text.chat(_user(SMALL, "Hi"))
 
 
+def test_glue_names_what_it_needs(tiny_export, model):
+    """The embedding glue refuses, with its reason, a decoder that takes no inputs_embeds."""
+    from lfm2_onnx import runtime_graphs
+
+    text = runtime_graphs.load(ModelLayout.from_folder(tiny_export).onnx_path)
+    embed = runtime_graphs.load(model.layout.vision.embed_path)
+    with pytest.raises(runtime_graphs.NotSpecialisable, match="no inputs_embeds input"):
+        runtime_graphs.glue_embeddings(text, embed)
+    vl = runtime_graphs.load(model.layout.onnx_path)
+    with pytest.raises(runtime_graphs.NotSpecialisable, match="not input_ids -> inputs_embeds"):
+        runtime_graphs.glue_embeddings(vl, runtime_graphs.load(model.layout.vision.encoder_path))
+
+
 def test_missing_vision_encoder_is_named(factory, vl_checkpoint, tmp_path):
     import shutil
 
@@ -340,7 +353,13 @@ def test_missing_vision_encoder_is_named(factory, vl_checkpoint, tmp_path):
 def test_cuda_logits_and_greedy_match_transformers(factory, vl_checkpoint, reference, precision):
     """The same parity on the GPU (CUDA graphs for decode, weights uploaded once), plus a ragged
     batch of image and text prompts equal to single runs (fp32: kernels may differ by batch in fp16)."""
-    gpu = Lfm2Model.load(factory.export(vl_checkpoint, precision, "cuda"), ep="cuda", max_length=2048)
+    from dataclasses import replace
+
+    layout = ModelLayout.from_folder(factory.export(vl_checkpoint, precision, "cuda"))
+    if precision == "fp32":  # onnxruntime's CUDA MatMuls round fp32 inputs to TF32 unless told not to
+        cuda = {**layout.provider_options.get("cuda", {}), "use_tf32": "0"}
+        layout = replace(layout, provider_options={**layout.provider_options, "cuda": cuda})
+    gpu = Lfm2Model.from_layout(layout, "cuda", max_length=2048)
     assert gpu.cuda_graph
     for images in ((SMALL,), (WIDE, LARGE)):
         check_parity(gpu, reference, _user(*images, "What is in these pictures?"), precision)
