@@ -321,6 +321,7 @@ class Engine:
         if not with_images:
             return
         entries = [r.images for r in with_images]
+        counts = [sum(self.layout.vision.features_per_entry(e.spatial_shapes)) for e in entries]
         if len({e.pixel_values.shape[1:] for e in entries}) > 1:  # processors padded differently: run apart
             outputs = [self.sessions.vision(e) for e in entries]
         else:
@@ -329,12 +330,11 @@ class Engine:
                 np.concatenate([e.pixel_attention_mask for e in entries]),
                 np.concatenate([e.spatial_shapes for e in entries]), [], [], [], [])
             features = self.sessions.vision(merged)
-            counts = [sum(self.layout.vision.features_per_entry(e.spatial_shapes)) for e in entries]
-            if features.shape[0] != sum(counts):
-                raise UserError(f"the vision encoder wrote {features.shape[0]} feature rows for images that make "
-                                f"{sum(counts)}; the folder's vision encoder and processor config disagree, "
-                                "build the folder again")
-            outputs = np.split(features, np.cumsum(counts)[:-1])
+            outputs = np.split(features, np.cumsum(counts)[:-1]) if features.shape[0] == sum(counts) else [features]
+        if [len(f) for f in outputs] != counts:
+            raise UserError(f"the vision encoder wrote {sum(len(f) for f in outputs)} feature rows for images that "
+                            f"make {sum(counts)}; the folder's vision encoder and genai_config.json disagree, "
+                            "build the folder again")
         for request, features in zip(with_images, outputs):
             request._image_features = features
 

@@ -155,10 +155,10 @@ class Lfm2Model:
             pass
         return [list(r.generated) for r in requests]
 
-    def steps(self, prompts: list[list[int]], max_new_tokens: int,
-              params: SamplingParams | None = None) -> Iterator[np.ndarray]:
+    def steps(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None, *,
+              images: list[ProcessedImages | None] | None = None) -> Iterator[np.ndarray]:
         """Yields one new token per row after each step (rows with none this time show the pad id)."""
-        requests = self._submit(prompts, max_new_tokens, params)
+        requests = self._submit(prompts, max_new_tokens, params, images)
         shown = [0] * len(requests)
         pad = self.layout.pad_token_id
         for _ in self._drive(requests, until_new=shown):

@@ -271,6 +271,11 @@ def test_chat_with_an_image_returns_text(model, tmp_path):
     text_only = [{"role": "user", "content": "Hello"}]
     batch = model.generate([_user(SMALL, question), text_only], max_new_tokens=8)
     assert batch[1] == model.generate(text_only, max_new_tokens=8)
+    # The token-level API takes the processor's images beside the ids.
+    inputs, _ = model.chat_inputs(_user(SMALL, question))
+    ids = model.generate_ids([inputs.input_ids], 8, images=[inputs.images])[0]
+    assert [int(row[0]) for row in model.steps([inputs.input_ids], 8, images=[inputs.images])] == ids
+    assert list(model.stream_ids(inputs.input_ids, 8, images=inputs.images)) == ids
 
 
 def test_image_tokens_of_the_tiny_tokenizer(model):
