@@ -111,15 +111,16 @@ class Engine:
         self.eos_token_ids = frozenset(layout.eos_token_ids)
         self._no_image_features, self._no_images_on_device = None, None
         if layout.vision is not None:
-            from .caches import device_array
+            from .caches import HOST_TYPES, device_array, device_zeros
 
             features = inputs["image_features"]
-            dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(features.type)
-            if dtype is None:
+            if features.type not in HOST_TYPES:
                 raise UserError(f"{layout.onnx_path.name}: inputs_embeds of type {features.type}; this runtime "
-                                "runs LFM2-VL folders built with fp32, fp16, int8 or int4 precision")
-            self._no_image_features = np.zeros((0, layout.hidden_size), dtype)
-            self._no_images_on_device = (device_array(self._no_image_features, self.device),
+                                "runs LFM2-VL folders of fp32, fp16 or bf16 activations")
+            # bfloat16 travels as raw uint16 (caches.HOST_TYPES): bound as an OrtValue of that element type.
+            host_dtype, self._feature_element = HOST_TYPES[features.type]
+            self._no_image_features = np.zeros((0, layout.hidden_size), host_dtype)
+            self._no_images_on_device = (device_zeros([0, layout.hidden_size], features.type, self.device),
                                          device_array(np.zeros((0, 2), np.int64), self.device))
         self.fixed_slots = max_slots is not None
         self.caches: SlotCaches | None = None
@@ -356,11 +357,22 @@ class Engine:
         return (np.ascontiguousarray(np.concatenate(features), dtype=self._no_image_features.dtype),
                 np.concatenate(positions).astype(np.int64))
 
-    def _bind_images(self, binding, run: list[Request], begin: int, end: int) -> None:
+    def _bind_images(self, binding, run: list[Request], begin: int, end: int):
+        """Binds the run's image inputs; returns what the binding reads (keep it until the run ends)."""
         inputs = self._image_inputs(run, begin, end)
-        if inputs is not None:
-            binding.bind_cpu_input("image_features", inputs[0])
-            binding.bind_cpu_input("image_positions", inputs[1])
+        if inputs is None:
+            return None
+        features, positions = inputs
+        if self._feature_element == 16:
+            from onnxruntime import OrtValue
+
+            value = OrtValue.ortvalue_from_numpy_with_onnx_type(features, self._feature_element)
+            binding.bind_ortvalue_input("image_features", value)
+        else:
+            value = features
+            binding.bind_cpu_input("image_features", features)
+        binding.bind_cpu_input("image_positions", positions)
+        return value, features
 
     def _first_token(self, request: Request, scores, tokens, row: int) -> None:
         request._image_features = None
@@ -386,7 +398,7 @@ class Engine:
             for name in ("scores", "next_token", "next_seqlens_k"):  # first: get_outputs() keeps this order
                 binding.bind_output(name, "cpu")
             binding.bind_cpu_input("input_ids", piece)
-            self._bind_images(binding, run, begin, cached)
+            images = self._bind_images(binding, run, begin, cached)  # noqa: F841 (read by the run below)
             binding.bind_cpu_input("seqlens_k", np.full(rows, cached - 1, np.int32))
             binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
             self.caches.bind_kv(binding, start, rows)
@@ -406,7 +418,7 @@ class Engine:
         for name in ("scores", "next_token"):  # first: get_outputs() keeps this order
             binding.bind_output(name, "cpu")
         binding.bind_cpu_input("input_ids", ids)
-        self._bind_images(binding, run, 0, ids.shape[1])
+        images = self._bind_images(binding, run, 0, ids.shape[1])  # noqa: F841 (read by the run below)
         binding.bind_cpu_input("attention_mask",
                                (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
         binding.bind_cpu_input("last_positions", lengths - 1)

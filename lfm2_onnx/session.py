@@ -313,7 +313,7 @@ class VisionEncoder:
     def __init__(self, layout: ModelLayout, ep: str):
         import onnxruntime as ort
 
-        self.layout = layout.vision
+        self.layout, self.hidden_size = layout.vision, layout.hidden_size
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if ep != "cuda":
@@ -327,9 +327,11 @@ class VisionEncoder:
         except Exception as e:  # a truncated or foreign file
             raise UserError(f"{path}: can't load the vision encoder ({e}); build the folder again") from None
         self._types = {i.name: i.type for i in self.session.get_inputs()}
+        self._output_type = self.session.get_outputs()[0].type
 
     def __call__(self, images) -> np.ndarray:
-        """image_features [sum of features_per_entry, hidden] for a ProcessedImages, images in order."""
+        """image_features [sum of features_per_entry, hidden] for a ProcessedImages, images in order
+        (bfloat16 ones as their raw uint16 words, as lfm2_onnx.caches carries bfloat16)."""
         float_type = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(self._types["pixel_values"])
         if float_type is None:
             raise UserError(f"{self.layout.encoder_path.name} takes pixel_values as {self._types['pixel_values']}, "
@@ -337,5 +339,17 @@ class VisionEncoder:
         feeds = {"pixel_values": np.ascontiguousarray(images.pixel_values, dtype=float_type),
                  "pixel_attention_mask": np.ascontiguousarray(images.pixel_attention_mask, dtype=np.int64),
                  "spatial_shapes": np.ascontiguousarray(images.spatial_shapes, dtype=np.int64)}
-        (features,) = self.session.run(["image_features"], feeds)
+        if self._output_type != "tensor(bfloat16)":
+            (features,) = self.session.run(["image_features"], feeds)
+            return features
+        # numpy has no bfloat16: the features land as raw 16-bit words in a buffer of the known size.
+        from onnxruntime import OrtValue
+
+        rows = sum(self.layout.features_per_entry(images.spatial_shapes))
+        features = np.empty((rows, self.hidden_size), np.uint16)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_ortvalue_output("image_features", OrtValue.ortvalue_from_numpy_with_onnx_type(features, 16))
+        self.session.run_with_iobinding(binding)
         return features

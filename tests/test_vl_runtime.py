@@ -354,10 +354,11 @@ def test_missing_vision_encoder_is_named(factory, vl_checkpoint, tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif("CUDAExecutionProvider" not in ort.get_available_providers(),
                     reason="needs onnxruntime-gpu and a CUDA device")
-@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
 def test_cuda_logits_and_greedy_match_transformers(factory, vl_checkpoint, reference, precision):
-    """The same parity on the GPU (CUDA graphs for decode, weights uploaded once), plus a ragged
-    batch of image and text prompts equal to single runs (fp32: kernels may differ by batch in fp16)."""
+    """The same parity on the GPU (CUDA graphs for decode, weights uploaded once; fp16/bf16 judged by
+    build --verify's rules for them; bf16 features travel as raw 16-bit words), plus a ragged batch of
+    image and text prompts equal to single runs (fp32: kernels may differ by batch in fp16)."""
     from dataclasses import replace
 
     layout = ModelLayout.from_folder(factory.export(vl_checkpoint, precision, "cuda"))
