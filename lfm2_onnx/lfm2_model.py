@@ -301,8 +301,8 @@ class Lfm2Model:
         processor = self.processor
         template_messages, images = split_image_parts(messages)
         text, reasoning_started = self._render_chat(template_messages, tools, template_kwargs)
-        room = self.capacity - (max_new_tokens or 0)
-        inputs = processor(text + generation_prefix, images, max_tokens=max(room, 1))
+        room = self.capacity - (max_new_tokens or 0)  # else the engine names max_new_tokens as the problem
+        inputs = processor(text + generation_prefix, images, max_tokens=room if room >= 1 else None)
         return inputs, reasoning_started
 
     def _render_chat(self, messages: list[dict], tools: list[dict] | None,
