@@ -165,6 +165,9 @@ class Engine:
                 raise UserError(f"{self.layout.folder.name} is a text-only export, so a request can't carry "
                                 "images; run an LFM2-VL export for images")
             return
+        if request.images is not None and not isinstance(request.images, ProcessedImages):
+            raise UserError(f"Request.images takes the processor's ProcessedImages (VlInputs.images), "
+                            f"not {type(request.images).__name__}")
         tokens = sum(1 for t in request.prompt if t == vision.image_token_id)
         features = 0 if request.images is None else sum(vision.features_per_entry(request.images.spatial_shapes))
         if tokens != features:

@@ -313,6 +313,8 @@ def test_image_tokens_must_match_the_images(model):
         model.engine.add(Request(inputs.input_ids, 4))  # image tokens, no images
     with pytest.raises(UserError, match=r"has 0 image token\(s\)"):
         model.engine.add(Request([1, 5, 9], 4, images=inputs.images))
+    with pytest.raises(UserError, match="takes the processor's ProcessedImages"):
+        model.engine.add(Request(inputs.input_ids, 4, images=inputs))  # the VlInputs, not its .images
     assert model.engine.idle
 
 
