@@ -388,3 +388,34 @@ def test_other_precisions_run_images_on_cpu(factory, vl_checkpoint, reference, p
     singles = [_alone(other, inputs, steps=6) for inputs in prompts]
     assert _batch(other, prompts, steps=6) == singles
     assert isinstance(other.chat(_user(SMALL, "Hi"), max_new_tokens=4)["content"], str)
+
+
+def test_real_lfm2_vl_tokenizer_and_template(factory, tmp_path):
+    """LFM2-VL-450M's own tokenizer and chat template (../shared/models) on a tiny random model of its
+    vocabulary: image parts render as its template writes them, expand with its markers, and the
+    logits match transformers'."""
+    import shutil
+
+    from conftest import shared_model
+    from lfm2_onnx.builder.tiny import tiny_vl_config
+
+    real = shared_model("LFM2-VL-450M")
+    text = tiny_vl_config()["text_config"]
+    checkpoint = factory.checkpoint(vl=True, seed=4, text_config={**text, "vocab_size": 65536})
+    folder = tmp_path / "real_tokenizer"
+    shutil.copytree(factory.export(checkpoint, "fp32"), folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"):
+        shutil.copyfile(real / name, folder / name)
+    model = Lfm2Model.load(folder, max_length=2048)
+    messages = _user(LARGE, "What is in this picture?")
+    inputs, _ = model.chat_inputs(messages)
+    codec = model.codec
+    assert inputs.input_ids[:4] == codec.encode("<|startoftext|><|im_start|>user\n", add_special_tokens=False)
+    for marker in ("<|image_start|>", "<|img_row_1_col_1|>", "<|img_row_1_col_2|>", "<|img_thumbnail|>",
+                   "<|image_end|>"):
+        assert codec.token_id(marker) in inputs.input_ids, marker
+    reference = transformers.Lfm2VlForConditionalGeneration.from_pretrained(checkpoint, dtype=torch.float32).eval()
+    recorded = Recorded(inputs.input_ids, 8, eos_token_ids=NO_EOS, images=inputs.images)
+    scores = np.stack(run(model.engine, [recorded], record=True)[recorded])
+    judge(reference_logits(reference, inputs, recorded.generated), scores, "fp32")
+    assert isinstance(model.chat(messages, max_new_tokens=4)["content"], str)
