@@ -172,3 +172,16 @@ def test_text_completions_stay_text_only(server, client, local, vl_folder):
     image_id = local.codec.token_id("<image>")
     response = _post(server, {"prompt": [1, image_id, 5], "max_tokens": 2}, "/v1/completions")
     assert response.status_code == 400 and "<image>" in response.json()["error"]["message"], response.text
+    response = _post(server, {"prompt": "A picture: <image>", "max_tokens": 2}, "/v1/completions")
+    assert response.status_code == 400 and "but no images" in response.json()["error"]["message"], response.text
+
+
+def test_an_image_marker_typed_as_text_is_a_400(server, client, vl_folder):
+    """<image> in a text part is the image token; without an image part there are no features for it."""
+    response = _post(server, {"messages": [{"role": "user", "content": "What is <image>?"}], "max_tokens": 2})
+    assert response.status_code == 400 and "but no images" in response.json()["error"]["message"], response.text
+    with_image = image_messages(data_url(picture(32, 32, 0)), text="and <image>?")
+    response = _post(server, {"messages": with_image, "max_tokens": 2})
+    assert response.status_code == 400 and "2 <image> marker(s) but 1 image(s)" in response.json()["error"]["message"]
+    assert client.chat.completions.create(model=vl_folder.name, messages=image_messages(data_url(picture(32, 32, 0))),
+                                          max_tokens=2).choices

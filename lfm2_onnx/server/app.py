@@ -257,8 +257,8 @@ def _submit(state: _State, ids: list[int], max_tokens: int | None, body: Samplin
         raise bad_request(f"token ids must be in [0, {model.layout.vocab_size})", "prompt")
     if images is None and model.takes_images and model.layout.vision.image_token_id in ids:
         raise bad_request(f"the prompt holds image tokens ({IMAGE_TOKEN}, id {model.layout.vision.image_token_id}) "
-                          "but no images; send each image as an image_url part of a chat message (/v1/chat/completions)",
-                          "messages" if endpoint == "chat" else "prompt")
+                          "but no images; send each image as an image_url part of a chat message "
+                          "(/v1/chat/completions)", "messages" if endpoint == "chat" else "prompt")
     request = EngineRequest(ids, max_tokens, _sampling(model, body), frozenset() if body.ignore_eos else None,
                             images=images)
     job = Job(request, asyncio.get_running_loop(), endpoint=endpoint)
