@@ -134,6 +134,15 @@ def _read_images(paths: list[Path] | None) -> list:
     return images
 
 
+def _prompt_ids(model, history: list[dict], tools) -> list[int]:
+    """The conversation's token ids, each image's tokens expanded (a conversation with images)."""
+    from .vision.chat import has_image_parts
+
+    if has_image_parts(history):
+        return model.chat_inputs(history, tools)[0].input_ids
+    return model.chat_prompt(history, tools)[0]
+
+
 def _image_message(images: list, text: str) -> dict:
     """The first user turn: the images in order, then the text (as LFM2-VL's examples put them)."""
     return {"role": "user", "content": [*({"type": "image", "image": image} for image in images),
@@ -222,7 +231,7 @@ def main(argv=None) -> int:
         history.append(_image_message(images, pending) if images else {"role": "user", "content": pending})
         images = []
         while True:  # the model may call tools several times before it answers
-            _check_room(model, model.chat_inputs(history, tools)[0].input_ids, args)
+            _check_room(model, _prompt_ids(model, history, tools), args)
             if args.chat:
                 print("assistant> ", end="", flush=True)
             reply = _chat_turn(model, history, tools, args)
