@@ -192,8 +192,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         started = time.perf_counter()
-        ckpt = checkpoint(args, work / "ckpt")
-        out = work / f"onnx-{precision}-{args.ep}"
+        kind = "tiny" if args.tiny else f"{args.config.name}-std{args.std}"
+        ckpt = checkpoint(args, work / f"ckpt-{kind}")
+        out = work / f"onnx-{kind}-{precision}-{args.ep}"
         if not (out / "genai_config.json").exists():
             export(ckpt, out, BuildOptions(precision, args.ep), progress=False)
         print(f"checkpoint + {precision} {args.ep} folder: {time.perf_counter() - started:.1f} s", flush=True)
