@@ -18,6 +18,7 @@ TINY_VL_ID = "lfm2-vl-tiny-random"  # tiny_vl_config: the tiny decoder behind a 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 TOKENIZER_ASSET = ASSETS_DIR / "tiny_tokenizer.json"
 CHAT_TEMPLATE_ASSET = ASSETS_DIR / "tiny_chat_template.jinja"
+VL_CHAT_TEMPLATE_ASSET = ASSETS_DIR / "tiny_vl_chat_template.jinja"  # image parts as <image>, as LFM2-VL's
 
 PAD_TOKEN, BOS_TOKEN, EOS_TOKEN = "<|pad|>", "<|startoftext|>", "<|im_end|>"
 PAD_ID, BOS_ID, EOS_ID, ENDOFTEXT_ID = 0, 1, 7, 2  # ids as in the real LFM2 tokenizer
@@ -108,9 +109,39 @@ def tiny_moe_config(**overrides) -> dict:
     return tiny_config(**{**config, **overrides})
 
 
-# The image token of the tiny VL model: an ordinary id of the bundled tokenizer (its image prompt
-# markup is the processor's business; the graphs only need where image features go).
+# The image token of the tiny VL model, and its prompt markup: at LFM2-VL's ids (tiny_vl_tokenizer).
 TINY_IMAGE_TOKEN_ID = 396
+
+
+def vl_special_tokens() -> dict[int, str]:
+    """LFM2-VL's image tokens at their ids in LiquidAI's tokenizer: <image>, a marker per tile of a
+    grid of up to 10 x 10, the thumbnail, image start / end / split."""
+    tiles = [f"<|img_row_{r}_col_{c}|>" for r in range(1, 11) for c in range(1, 11)]
+    names = ["<image>", *tiles, "<|img_thumbnail|>", "<|image_start|>", "<|image_end|>", "<|image_split|>"]
+    return {TINY_IMAGE_TOKEN_ID + i: name for i, name in enumerate(names)}
+
+
+def tiny_vl_tokenizer() -> dict:
+    """tokenizer.json of the tiny VL model: the bundled tokenizer with vl_special_tokens as special
+    added tokens in place of the BPE pieces at those ids (and of every merge that needs one of
+    them), so the vocabulary size and every other id stay as they are."""
+    tokenizer = json.loads(TOKENIZER_ASSET.read_text(encoding="utf-8"))
+    special = vl_special_tokens()
+    model = tokenizer["model"]
+    # The vocabulary holds added tokens too (tokenizers gives an added token the vocabulary's id for
+    # its text): the special names take over their ids from the BPE pieces there.
+    vocab = {token: i for token, i in model["vocab"].items() if i not in special}
+    vocab.update({name: i for i, name in special.items()})
+    model["vocab"] = vocab
+
+    def pair(merge):
+        return merge.split(" ", 1) if isinstance(merge, str) else merge
+
+    model["merges"] = [m for m in model["merges"]
+                       if all(p in vocab for p in pair(m)) and "".join(pair(m)) in vocab]
+    tokenizer["added_tokens"] += [{"id": i, "content": name, "single_word": False, "lstrip": False, "rstrip": False,
+                                   "normalized": False, "special": True} for i, name in special.items()]
+    return tokenizer
 
 
 def tiny_vl_config(**overrides) -> dict:
@@ -166,19 +197,19 @@ def generation_config() -> dict:
     return {"bos_token_id": BOS_ID, "eos_token_id": [EOS_ID, ENDOFTEXT_ID], "pad_token_id": PAD_ID}
 
 
-def _added_tokens_decoder() -> dict:
-    """tokenizer_config.json's view of the bundled tokenizer's added tokens, as in LFM2's file."""
-    tokenizer = json.loads(TOKENIZER_ASSET.read_text(encoding="utf-8"))
+def _added_tokens_decoder(tokenizer: dict | None = None) -> dict:
+    """tokenizer_config.json's view of a tokenizer's added tokens (default: the bundled one), as in LFM2's file."""
+    tokenizer = tokenizer or json.loads(TOKENIZER_ASSET.read_text(encoding="utf-8"))
     fields = ("content", "lstrip", "normalized", "rstrip", "single_word", "special")
     return {str(t["id"]): {k: t[k] for k in fields} for t in tokenizer["added_tokens"]}
 
 
-def tokenizer_config(model_max_length: int) -> dict:
+def tokenizer_config(model_max_length: int, tokenizer: dict | None = None) -> dict:
     return {
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_bos_token": True,
         "add_eos_token": False,
-        "added_tokens_decoder": _added_tokens_decoder(),
+        "added_tokens_decoder": _added_tokens_decoder(tokenizer),
         "bos_token": BOS_TOKEN,
         "eos_token": EOS_TOKEN,
         "pad_token": PAD_TOKEN,
@@ -248,10 +279,14 @@ def write_tiny_checkpoint(dest: Path, *, seed: int = 0, moe: bool = False, vl: b
     _write_random_weights(dest / "model.safetensors", config, seed)
     _write_json(dest / "config.json", config)
     _write_json(dest / "generation_config.json", generation_config())
-    (dest / "tokenizer.json").write_bytes(TOKENIZER_ASSET.read_bytes())
+    tokenizer = tiny_vl_tokenizer() if vl else None  # with LFM2-VL's image tokens
+    if tokenizer:
+        (dest / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False), encoding="utf-8")
+    else:
+        (dest / "tokenizer.json").write_bytes(TOKENIZER_ASSET.read_bytes())
     max_positions = config.get("max_position_embeddings") or config["text_config"]["max_position_embeddings"]
-    _write_json(dest / "tokenizer_config.json", tokenizer_config(max_positions))
+    _write_json(dest / "tokenizer_config.json", tokenizer_config(max_positions, tokenizer))
     _write_json(dest / "special_tokens_map.json", special_tokens_map())
     # transformers 5 reads the template from chat_template.jinja, not from tokenizer_config.json.
-    (dest / "chat_template.jinja").write_bytes(CHAT_TEMPLATE_ASSET.read_bytes())
+    (dest / "chat_template.jinja").write_bytes((VL_CHAT_TEMPLATE_ASSET if vl else CHAT_TEMPLATE_ASSET).read_bytes())
     return dest

@@ -20,8 +20,8 @@ import numpy as np
 from .session import ModelLayout
 
 # ONNX type name -> (host numpy dtype, ONNX element type); bfloat16 travels as raw uint16.
-_ONNX_ELEMENT = {"tensor(float)": (np.float32, 1), "tensor(float16)": (np.float16, 10),
-                 "tensor(bfloat16)": (np.uint16, 16)}
+HOST_TYPES = {"tensor(float)": (np.float32, 1), "tensor(float16)": (np.float16, 10),
+              "tensor(bfloat16)": (np.uint16, 16)}
 _INT64, _INT32, _FLOAT = 7, 6, 1
 
 
@@ -29,7 +29,7 @@ def device_zeros(shape, input_type: str, device: str):
     """A zero-filled OrtValue of the graph's cache type on the device (bfloat16 via raw uint16)."""
     from onnxruntime import OrtValue
 
-    host_dtype, element = _ONNX_ELEMENT[input_type]
+    host_dtype, element = HOST_TYPES[input_type]
     host = np.zeros(shape, dtype=host_dtype)
     if element == 16:
         value = OrtValue.ortvalue_from_shape_and_type(shape, element_type=element, device_type=device, device_id=0) \
@@ -75,7 +75,7 @@ class SlotCaches:
                  conv_state: tuple[int, int]):
         """conv_state: a conv state's shape without the batch ([C, L-1], or [L-1, C] channels-last)."""
         self.layout, self.slots, self.capacity, self.device = layout, slots, capacity, device
-        dtype, element = _ONNX_ELEMENT[cache_type]
+        dtype, element = HOST_TYPES[cache_type]
         itemsize = np.dtype(dtype).itemsize
 
         def cache(shape):

@@ -18,6 +18,12 @@ with prefill_wait_steps an arrival may wait a few decode steps for others to sha
 Decode steps of one bucket bind the same addresses every time (two parities), so on CUDA each is
 captured once as a CUDA graph and replayed.
 
+LFM2-VL folders: a request may carry images (the processor's pixel inputs, its prompt holding
+one image token per feature). Prefill runs the vision encoder over the admitted requests' images
+and the decoder writes the features over the embeddings of the image tokens, in order (the
+embedding table is glued into the decoder graph, lfm2_onnx.runtime_graphs.glue_embeddings); a
+prompt prefilled in chunks takes each chunk's share of its features. Decode steps are as for text.
+
 Each request has its own sampling parameters, seed (its own random generator), eos ids and token
 budget. Greedy rows take the argmax the graph computes on the device; as long as every row does and
 no request joins or leaves, the next step reads its token ids and lengths from the previous step's
@@ -40,6 +46,7 @@ from .caches import SlotCaches
 from .errors import UserError
 from .sampling import Sampler, SamplingParams
 from .session import DecoderSessions, ModelLayout
+from .vision.image_processor import ProcessedImages
 
 PREFILL_CHUNK = 2048  # a longer prompt is prefilled in chunks of this many tokens (one request per run)
 PREFILL_TOKENS = 65536  # prompt tokens (padded) prefilled together in one step at most
@@ -57,12 +64,16 @@ class Request:
     params: SamplingParams = field(default_factory=SamplingParams)
     eos_token_ids: frozenset[int] | None = None  # None: the model's eos ids
     tag: object = None  # the caller's handle (the server's job)
+    # LFM2-VL: the images' encoder inputs (lfm2_onnx.vision.ProcessedImages, in prompt order);
+    # the prompt holds one image token per feature they make (Lfm2VlProcessor expands it so).
+    images: ProcessedImages | None = None
     # Progress, written by the engine.
     generated: list[int] = field(default_factory=list)  # eos excluded
     finish_reason: str | None = None  # "stop" (an eos id), "length" (max_new_tokens), "cancelled"
     slot: int | None = None
     cached: int = 0  # tokens of this request in its slot's KV cache
     _sampler: Sampler | None = field(default=None, repr=False)
+    _image_features: np.ndarray | None = field(default=None, repr=False)  # set by prefill, dropped after it
 
     @property
     def finished(self) -> bool:
@@ -98,6 +109,19 @@ class Engine:
         self._conv_state = dims if all(isinstance(d, int) for d in dims) and dims else (layout.hidden_size,
                                                                                         layout.conv_size)
         self.eos_token_ids = frozenset(layout.eos_token_ids)
+        self._no_image_features, self._no_images_on_device = None, None
+        if layout.vision is not None:
+            from .caches import HOST_TYPES, device_array, device_zeros
+
+            features = inputs["image_features"]
+            if features.type not in HOST_TYPES:
+                raise UserError(f"{layout.onnx_path.name}: inputs_embeds of type {features.type}; this runtime "
+                                "runs LFM2-VL folders of fp32, fp16 or bf16 activations")
+            # bfloat16 travels as raw uint16 (caches.HOST_TYPES): bound as an OrtValue of that element type.
+            host_dtype, self._feature_element = HOST_TYPES[features.type]
+            self._no_image_features = np.zeros((0, layout.hidden_size), host_dtype)
+            self._no_images_on_device = (device_zeros([0, layout.hidden_size], features.type, self.device),
+                                         device_array(np.zeros((0, 2), np.int64), self.device))
         self.fixed_slots = max_slots is not None
         self.caches: SlotCaches | None = None
         self._slots: list[Request | None] = []
@@ -126,11 +150,30 @@ class Engine:
                             f"or load with a larger max_length (the model allows {self.layout.context_length})")
         if any(not 0 <= t < self.layout.vocab_size for t in request.prompt):
             raise UserError(f"token ids must be in [0, {self.layout.vocab_size})")
+        self._check_images(request)
         request.params.validate()
         if request.eos_token_ids is None:
             request.eos_token_ids = self.eos_token_ids
         self._waiting.append(request)
         return request
+
+    def _check_images(self, request: Request) -> None:
+        """A request's image tokens and images agree (one feature per image token), on a VL folder."""
+        vision = self.layout.vision
+        if vision is None:
+            if request.images is not None:
+                raise UserError(f"{self.layout.folder.name} is a text-only export, so a request can't carry "
+                                "images; run an LFM2-VL export for images")
+            return
+        if request.images is not None and not isinstance(request.images, ProcessedImages):
+            raise UserError(f"Request.images takes the processor's ProcessedImages (VlInputs.images), "
+                            f"not {type(request.images).__name__}")
+        tokens = sum(1 for t in request.prompt if t == vision.image_token_id)
+        features = 0 if request.images is None else sum(vision.features_per_entry(request.images.spatial_shapes))
+        if tokens != features:
+            raise UserError(f"the prompt has {tokens} image token(s) (id {vision.image_token_id}) but its images "
+                            f"make {features} feature(s); build prompt and images together with the folder's "
+                            "processor (lfm2_onnx.vision.Lfm2VlProcessor)")
 
     def cancel(self, request: Request) -> None:
         """Stop a request now: it leaves the queue or frees its slot for the next step."""
@@ -256,11 +299,14 @@ class Engine:
         """Prompts of contiguous slots run together (equal lengths: uniform graph; else ragged graph).
 
         Where the sessions have no ragged graph (CPU: a second session would hold a second copy of
-        the weights, lfm2_onnx.session.DecoderSessions), unequal prompts prefill one at a time.
+        the weights, lfm2_onnx.session.DecoderSessions), unequal prompts prefill one at a time, as
+        do equal prompts longer than PREFILL_CHUNK. Images are encoded first, in one run.
         """
+        self._encode_images(requests)
         for run in _contiguous(requests):
             lengths = {len(r.prompt) for r in run}
-            if len(lengths) == 1:
+            # GroupQueryAttention takes a chunk after the first only for one row at a time.
+            if len(lengths) == 1 and (len(run) == 1 or max(lengths) <= PREFILL_CHUNK):
                 scores, tokens = self._prefill_uniform(run)
             elif max(lengths) <= PREFILL_CHUNK and self.sessions.ragged_prefill:
                 scores, tokens = self._prefill_ragged(run)
@@ -273,7 +319,66 @@ class Engine:
                 self._first_token(request, scores, tokens, row)
         self._fed_rows = 0
 
+    def _encode_images(self, requests: list[Request]) -> None:
+        """Image features of these requests' images: one vision encoder run for all of them."""
+        with_images = [r for r in requests if r.images is not None]
+        if not with_images:
+            return
+        entries = [r.images for r in with_images]
+        counts = [sum(self.layout.vision.features_per_entry(e.spatial_shapes)) for e in entries]
+        if len({e.pixel_values.shape[1:] for e in entries}) > 1:  # processors padded differently: run apart
+            outputs = [self.sessions.vision(e) for e in entries]
+        else:
+            merged = ProcessedImages(
+                np.concatenate([e.pixel_values for e in entries]),
+                np.concatenate([e.pixel_attention_mask for e in entries]),
+                np.concatenate([e.spatial_shapes for e in entries]), [], [], [], [])
+            features = self.sessions.vision(merged)
+            outputs = np.split(features, np.cumsum(counts)[:-1]) if features.shape[0] == sum(counts) else [features]
+        if [len(f) for f in outputs] != counts:
+            raise UserError(f"the vision encoder wrote {sum(len(f) for f in outputs)} feature rows for images that "
+                            f"make {sum(counts)}; the folder's vision encoder and genai_config.json disagree, "
+                            "build the folder again")
+        for request, features in zip(with_images, outputs):
+            request._image_features = features
+
+    def _image_inputs(self, run: list[Request], begin: int, end: int):
+        """image_features and image_positions (row, column) for columns [begin, end) of these rows."""
+        vision, features, positions = self.layout.vision, [], []
+        if vision is None:
+            return None
+        for row, request in enumerate(run):
+            if request._image_features is None:
+                continue
+            is_image = np.asarray(request.prompt) == vision.image_token_id
+            columns = np.flatnonzero(is_image[begin:end])
+            before = int(is_image[:begin].sum())
+            features.append(request._image_features[before:before + len(columns)])
+            positions.append(np.stack([np.full(len(columns), row), columns], axis=1))
+        if not features:
+            return self._no_image_features, np.zeros((0, 2), np.int64)
+        return (np.ascontiguousarray(np.concatenate(features), dtype=self._no_image_features.dtype),
+                np.concatenate(positions).astype(np.int64))
+
+    def _bind_images(self, binding, run: list[Request], begin: int, end: int):
+        """Binds the run's image inputs; returns what the binding reads (keep it until the run ends)."""
+        inputs = self._image_inputs(run, begin, end)
+        if inputs is None:
+            return None
+        features, positions = inputs
+        if self._feature_element == 16:
+            from onnxruntime import OrtValue
+
+            value = OrtValue.ortvalue_from_numpy_with_onnx_type(features, self._feature_element)
+            binding.bind_ortvalue_input("image_features", value)
+        else:
+            value = features
+            binding.bind_cpu_input("image_features", features)
+        binding.bind_cpu_input("image_positions", positions)
+        return value, features
+
     def _first_token(self, request: Request, scores, tokens, row: int) -> None:
+        request._image_features = None
         request.cached = len(request.prompt)
         if not request.greedy_on_device:
             request._sampler = Sampler(request.params, 1, self.layout.vocab_size)
@@ -296,6 +401,7 @@ class Engine:
             for name in ("scores", "next_token", "next_seqlens_k"):  # first: get_outputs() keeps this order
                 binding.bind_output(name, "cpu")
             binding.bind_cpu_input("input_ids", piece)
+            images = self._bind_images(binding, run, begin, cached)  # noqa: F841 (read by the run below)
             binding.bind_cpu_input("seqlens_k", np.full(rows, cached - 1, np.int32))
             binding.bind_cpu_input("total_sequence_length", np.array(cached, np.int32))
             self.caches.bind_kv(binding, start, rows)
@@ -315,6 +421,7 @@ class Engine:
         for name in ("scores", "next_token"):  # first: get_outputs() keeps this order
             binding.bind_output(name, "cpu")
         binding.bind_cpu_input("input_ids", ids)
+        images = self._bind_images(binding, run, 0, ids.shape[1])  # noqa: F841 (read by the run below)
         binding.bind_cpu_input("attention_mask",
                                (np.arange(ids.shape[1])[None, :] < lengths[:, None]).astype(np.int64))
         binding.bind_cpu_input("last_positions", lengths - 1)
@@ -378,6 +485,9 @@ class Engine:
         if key not in self._decode_bindings:  # made once: a captured CUDA graph keeps the addresses it recorded
             binding = self.sessions.uniform.io_binding()
             self.caches.bind_decode(binding, rows, parity)
+            if self._no_images_on_device is not None:  # decode steps: no image features (T = 0)
+                for name, value in zip(("image_features", "image_positions"), self._no_images_on_device):
+                    binding.bind_ortvalue_input(name, value)
             graph_id = next(self._graph_ids)
             self._decode_bindings[key] = (binding, self._run_options(graph_id, wait=False),
                                           self._run_options(graph_id))

@@ -4,6 +4,7 @@
     python -m lfm2_onnx.generate lfm2-350m-onnx --chat            # interactive, keeps the history
     python -m lfm2_onnx.generate lfm2-350m-onnx --chat --tools tools.json   # the model may call tools;
                                                                    # you type each tool's result
+    python -m lfm2_onnx.generate lfm2-vl-450m-onnx --image photo.jpg [--image b.png] "What is in it?"
 """
 
 from __future__ import annotations
@@ -46,7 +47,11 @@ def _sampling_flag(field: str, kind: type):
 def parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m lfm2_onnx.generate", description=__doc__.split("\n\n")[0])
     add_export_arguments(p, "run")
+    p.add_argument("text", nargs="?", metavar="PROMPT", help="the prompt, as --prompt")
     p.add_argument("--prompt", help="the prompt (with --chat: the first user message)")
+    p.add_argument("--image", action="append", type=Path, metavar="FILE",
+                   help="an image for an LFM2-VL export (repeatable): the images, then the prompt, make the first "
+                        "user message of a chat (the chat template is used with or without --chat)")
     p.add_argument("--chat", action="store_true", help="use the chat template; interactive unless --prompt is given")
     p.add_argument("--system", help="system prompt for --chat")
     p.add_argument("--tools", type=Path, help="JSON file with a list of tools (OpenAI function format), for --chat")
@@ -117,6 +122,33 @@ def _read_tools(path: Path | None) -> list[dict] | None:
     return tools
 
 
+def _read_images(paths: list[Path] | None) -> list:
+    """Each --image file decoded now, so that a missing or unreadable one fails before the model loads."""
+    from .vision import load_image
+
+    images = []
+    for path in paths or []:
+        if not path.is_file():
+            raise UserError(f"--image {path}: no such file; pass an image file (PNG, JPEG, WebP, GIF or BMP)")
+        images.append(load_image(path))
+    return images
+
+
+def _prompt_ids(model, history: list[dict], tools) -> list[int]:
+    """The conversation's token ids, each image's tokens expanded (a conversation with images)."""
+    from .vision.chat import has_image_parts
+
+    if has_image_parts(history):
+        return model.chat_inputs(history, tools)[0].input_ids
+    return model.chat_prompt(history, tools)[0]
+
+
+def _image_message(images: list, text: str) -> dict:
+    """The first user turn: the images in order, then the text (as LFM2-VL's examples put them)."""
+    return {"role": "user", "content": [*({"type": "image", "image": image} for image in images),
+                                        {"type": "text", "text": text}]}
+
+
 def _chat_turn(model, history: list[dict], tools, args) -> dict:
     """One assistant reply, shown as it comes (with --stream) or at the end."""
     from .chat import ContentDelta, ReasoningDelta
@@ -157,12 +189,17 @@ def _run_tool_calls(reply: dict, history: list[dict]) -> bool:
 
 @cli_entry
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    args = parser().parse_intermixed_args(argv)  # the prompt may follow --image FILE
+    if args.text is not None:
+        if args.prompt is not None:
+            raise UserError("give the prompt once: as the argument after the folder or as --prompt")
+        args.prompt = args.text
     if not args.chat and args.prompt is None:
         raise UserError("give --prompt TEXT, or --chat for an interactive conversation")
     if args.tools and not args.chat:
         raise UserError("--tools needs --chat")
     tools = _read_tools(args.tools)
+    images = _read_images(args.image)
     from .lfm2_model import Lfm2Model, check_max_length
     from .hub import resolve_export
     from .session import check_ep_flag
@@ -172,8 +209,11 @@ def main(argv=None) -> int:
     if args.max_length is not None:
         check_max_length(args.max_length, layout.context_length, shown="--max-length")
     check_ep_flag(args.ep)
+    if images and layout.vision is None:
+        raise UserError(f"{layout.folder.name} is a text-only export, so --image has nothing to read it; run an "
+                        "LFM2-VL export (python -m lfm2_onnx.build -m LiquidAI/LFM2-VL-450M ...) or drop --image")
     model = Lfm2Model.load(layout.folder, ep=args.ep, precision=args.precision, max_length=args.max_length)
-    if not args.chat:
+    if not args.chat and not images:
         _check_room(model, model.encode(args.prompt), args)
         _say(model, args.prompt, args)
         return 0
@@ -187,16 +227,19 @@ def main(argv=None) -> int:
                 return 0
             if pending.strip() in ("/exit", "/quit"):
                 return 0
-        history.append({"role": "user", "content": pending})
+        # the images go with the first user message; later ones are text
+        history.append(_image_message(images, pending) if images else {"role": "user", "content": pending})
+        images = []
         while True:  # the model may call tools several times before it answers
-            _check_room(model, model.chat_prompt(history, tools)[0], args)
-            print("assistant> ", end="", flush=True)
+            _check_room(model, _prompt_ids(model, history, tools), args)
+            if args.chat:
+                print("assistant> ", end="", flush=True)
             reply = _chat_turn(model, history, tools, args)
             history.append(reply)
             if not _run_tool_calls(reply, history):
                 break
-        if args.prompt is not None and not sys.stdin.isatty():
-            return 0  # one-shot --chat --prompt without a terminal
+        if not args.chat or (args.prompt is not None and not sys.stdin.isatty()):
+            return 0  # --image without --chat: one reply; one-shot --chat --prompt without a terminal
         pending = None
 
 

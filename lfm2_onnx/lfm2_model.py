@@ -4,6 +4,11 @@
     for delta in model.generate("Tell me a story", max_new_tokens=200, preset="lfm2", stream=True):
         print(delta, end="")
 
+An LFM2-VL export takes images in chat messages (content parts {"type": "image", "image": path,
+PIL image, uint8 array, bytes or data: URL}, or OpenAI's image_url parts with data: URLs):
+    model.chat([{"role": "user", "content": [{"type": "image", "image": "photo.jpg"},
+                                             {"type": "text", "text": "What is in this picture?"}]}])
+
 Every call submits its prompts as engine requests and steps the engine until they finish; calls
 keep no state on the model, so they may interleave (two streams iterated in turn, or threads:
 a lock serialises the steps) and share the decode steps. Each prompt keeps its own length, stop
@@ -24,6 +29,8 @@ from .hub import resolve_export
 from .sampling import PRESETS, SamplingParams, from_generation_config
 from .session import ModelLayout
 from .text import TextCodec, TextStream
+from .vision.image_processor import ProcessedImages
+from .vision.processor import VlInputs
 
 DEFAULT_CAPACITY = 4096  # KV positions allocated per row unless load() is told otherwise
 
@@ -39,10 +46,28 @@ class Lfm2Model:
         self._lock = threading.RLock()  # one engine step at a time, whoever drives it
         self._chat_template: str | None = None
         self._special_tokens: dict = {}
+        self._processor = None  # LFM2-VL: lfm2_onnx.vision.Lfm2VlProcessor, made on first use
 
     @property
     def sessions(self):
         return self.engine.sessions
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether this export is an LFM2-VL one (image parts in chat messages)."""
+        return self.layout.vision is not None
+
+    @property
+    def processor(self):
+        """The folder's image processor and prompt expansion (lfm2_onnx.vision.Lfm2VlProcessor)."""
+        if not self.takes_images:
+            raise UserError(f"{self.layout.folder.name} is a text-only export, so it has no image processor; "
+                            "run an LFM2-VL export for images")
+        if self._processor is None:
+            from .vision import Lfm2VlProcessor
+
+            self._processor = Lfm2VlProcessor.from_folder(self.layout.folder, self.codec)
+        return self._processor
 
     # -- loading ------------------------------------------------------------------------------
     @classmethod
@@ -80,16 +105,27 @@ class Lfm2Model:
         # Single prompts: a str, a list of token ids, a list of messages. A batch: a list of those.
         batch = isinstance(prompt, list) and bool(prompt) and isinstance(prompt[0], (str, list))
         prompts = prompt if batch else [prompt]
-        ids = [self.encode(p) for p in prompts]
+        inputs = [self._inputs(p, max_new_tokens) for p in prompts]
+        ids, images = [i for i, _ in inputs], [im for _, im in inputs]
         params = self.sampling_params(preset, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                       repetition_penalty=repetition_penalty, seed=seed)
         if stream:
             if batch:
                 raise UserError("stream=True takes one prompt; call generate() per prompt or stream=False")
-            return self._stream_text(ids[0], max_new_tokens, params, stop or [])
-        texts = [self.codec.decode(row) for row in self.generate_ids(ids, max_new_tokens, params)]
+            return self._stream_text(ids[0], max_new_tokens, params, stop or [], images=images[0])
+        texts = [self.codec.decode(row) for row in self.generate_ids(ids, max_new_tokens, params, images=images)]
         texts = [_cut_at_stop(t, stop or []) for t in texts]
         return texts if batch else texts[0]
+
+    def _inputs(self, prompt, max_new_tokens: int):
+        """(token ids, the images' encoder inputs or None) of a prompt; chats with image parts on VL exports."""
+        if isinstance(prompt, list) and prompt and all(isinstance(m, dict) for m in prompt):
+            from .vision.chat import has_image_parts
+
+            if has_image_parts(prompt):
+                inputs, _ = self.chat_inputs(prompt, max_new_tokens=max_new_tokens)
+                return inputs.input_ids, inputs.images
+        return self.encode(prompt), None
 
     def encode(self, prompt) -> list[int]:
         if isinstance(prompt, str):
@@ -110,18 +146,19 @@ class Lfm2Model:
         return params
 
     # -- token loops on the engine --------------------------------------------------------------
-    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int,
-                     params: SamplingParams | None = None) -> list[list[int]]:
-        """Generated token ids per prompt (eos excluded)."""
-        requests = self._submit(prompts, max_new_tokens, params)
+    def generate_ids(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None,
+                     *, images: list[ProcessedImages | None] | None = None) -> list[list[int]]:
+        """Generated token ids per prompt (eos excluded); images: per prompt, its images' encoder
+        inputs (the processor's VlInputs.images) or None."""
+        requests = self._submit(prompts, max_new_tokens, params, images)
         for _ in self._drive(requests):
             pass
         return [list(r.generated) for r in requests]
 
-    def steps(self, prompts: list[list[int]], max_new_tokens: int,
-              params: SamplingParams | None = None) -> Iterator[np.ndarray]:
+    def steps(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None = None, *,
+              images: list[ProcessedImages | None] | None = None) -> Iterator[np.ndarray]:
         """Yields one new token per row after each step (rows with none this time show the pad id)."""
-        requests = self._submit(prompts, max_new_tokens, params)
+        requests = self._submit(prompts, max_new_tokens, params, images)
         shown = [0] * len(requests)
         pad = self.layout.pad_token_id
         for _ in self._drive(requests, until_new=shown):
@@ -132,22 +169,25 @@ class Lfm2Model:
                     shown[row] += 1
             yield tokens
 
-    def stream_ids(self, prompt: list[int], max_new_tokens: int,
-                   params: SamplingParams | None = None) -> Iterator[int]:
+    def stream_ids(self, prompt: list[int], max_new_tokens: int, params: SamplingParams | None = None, *,
+                   images: ProcessedImages | None = None) -> Iterator[int]:
         """The generated token ids of one prompt as they come (eos excluded)."""
-        (request,) = self._submit([prompt], max_new_tokens, params)
+        (request,) = self._submit([prompt], max_new_tokens, params, [images])
         shown = [0]
         for _ in self._drive([request], until_new=shown):
             while shown[0] < len(request.generated):
                 shown[0] += 1
                 yield request.generated[shown[0] - 1]
 
-    def _submit(self, prompts: list[list[int]], max_new_tokens: int,
-                params: SamplingParams | None) -> list[Request]:
+    def _submit(self, prompts: list[list[int]], max_new_tokens: int, params: SamplingParams | None,
+                images: list[ProcessedImages | None] | None = None) -> list[Request]:
         params = params or SamplingParams()
         if not prompts or any(len(p) == 0 for p in prompts):
             raise UserError("every prompt needs at least one token")
-        requests = [Request(list(p), max_new_tokens, params) for p in prompts]
+        images = images or [None] * len(prompts)
+        if len(images) != len(prompts):
+            raise UserError(f"{len(prompts)} prompts but images for {len(images)}; give one entry (or None) per prompt")
+        requests = [Request(list(p), max_new_tokens, params, images=im) for p, im in zip(prompts, images)]
         with self._lock:
             try:
                 for r in requests:
@@ -180,9 +220,10 @@ class Lfm2Model:
 
     # -- streaming ------------------------------------------------------------------------------
     def _stream_text(self, ids: list[int], max_new_tokens: int, params: SamplingParams, stop: list[str],
-                     *, skip_special_tokens: bool = True) -> Iterator[str]:
+                     *, skip_special_tokens: bool = True, images: ProcessedImages | None = None) -> Iterator[str]:
         text = TextStream(self.codec, stop, skip_special_tokens=skip_special_tokens)
-        tokens = self.stream_ids(ids, max_new_tokens, params)
+        # Text prompts call stream_ids as before images existed (callers and tests stand in for it).
+        tokens = self.stream_ids(ids, max_new_tokens, params, **({"images": images} if images is not None else {}))
         try:
             for token in tokens:
                 out = text.push(token)
@@ -209,11 +250,17 @@ class Lfm2Model:
         """
         from .chat import ChatStreamParser, parse_assistant_message
 
-        ids, reasoning_started = self.chat_prompt(messages, tools)
+        from .vision.chat import has_image_parts
+
+        if has_image_parts(messages):
+            inputs, reasoning_started = self.chat_inputs(messages, tools, max_new_tokens=max_new_tokens)
+            ids, images = inputs.input_ids, inputs.images
+        else:
+            (ids, reasoning_started), images = self.chat_prompt(messages, tools), None
         params = self.sampling_params(preset, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                       repetition_penalty=repetition_penalty, seed=seed)
         # Special tokens stay in the text: <|tool_call_start|> is one, in LFM2's tokenizer.
-        deltas = self._stream_text(ids, max_new_tokens, params, stop or [], skip_special_tokens=False)
+        deltas = self._stream_text(ids, max_new_tokens, params, stop or [], skip_special_tokens=False, images=images)
         if stream:
             return ChatStream(deltas, ChatStreamParser(reasoning_started=reasoning_started))
         return parse_assistant_message("".join(deltas), reasoning_started=reasoning_started)
@@ -223,14 +270,46 @@ class Lfm2Model:
         """Token ids of the rendered conversation, and whether the prompt already opened <think>.
 
         template_kwargs: extra template variables (e.g. enable_thinking); generation_prefix: text
-        the assistant's turn starts with (the server forces a tool call that way)."""
-        from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
-            template_renders_tool_calls
+        the assistant's turn starts with (the server forces a tool call that way). Messages with
+        images need chat_inputs (the ids alone can't carry them)."""
         from .vision.chat import has_image_parts
 
         if has_image_parts(messages):
+            if self.takes_images:
+                raise UserError("messages with image parts need chat_inputs() (token ids and images together)")
             raise UserError(f"{self.layout.folder.name} is a text-only export, so its messages can't hold images; "
                             "send text content, or run an LFM2-VL export for image parts")
+        text, reasoning_started = self._render_chat(messages, tools, template_kwargs)
+        return self.codec.encode(text + generation_prefix, add_special_tokens=False), reasoning_started
+
+    def chat_inputs(self, messages: list[dict], tools: list[dict] | None = None, *,
+                    template_kwargs: dict | None = None, generation_prefix: str = "",
+                    max_new_tokens: int | None = None) -> tuple[VlInputs, bool]:
+        """chat_prompt for messages that may hold image parts: (VlInputs: token ids with each image's
+        tokens expanded + the images' encoder inputs, or None without images; whether <think> opened).
+
+        Images are read and preprocessed here (a UserError names an unreadable one); with
+        max_new_tokens, a prompt whose images leave no room for them in the context is a UserError."""
+        from .vision import VlInputs
+        from .vision.chat import has_image_parts, split_image_parts
+
+        if not has_image_parts(messages) or not self.takes_images:  # chat_prompt refuses images on text exports
+            ids, reasoning_started = self.chat_prompt(messages, tools, template_kwargs=template_kwargs,
+                                                      generation_prefix=generation_prefix)
+            token = self.layout.vision.image_token_id if self.takes_images else -1
+            return VlInputs(ids, None, token), reasoning_started
+        processor = self.processor
+        template_messages, images = split_image_parts(messages)
+        text, reasoning_started = self._render_chat(template_messages, tools, template_kwargs)
+        room = self.capacity - (max_new_tokens or 0)  # else the engine names max_new_tokens as the problem
+        inputs = processor(text + generation_prefix, images, max_tokens=room if room >= 1 else None)
+        return inputs, reasoning_started
+
+    def _render_chat(self, messages: list[dict], tools: list[dict] | None,
+                     template_kwargs: dict | None) -> tuple[str, bool]:
+        from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
+            template_renders_tool_calls
+
         if self._chat_template is None:
             self._chat_template = load_chat_template(self.layout.folder)
             self._special_tokens = load_special_tokens(self.layout.folder)
@@ -239,8 +318,7 @@ class Lfm2Model:
         text = render_chat(template, messages, tools=tools, add_generation_prompt=True,
                            inline_tool_calls=not template_renders_tool_calls(template),
                            **{**self._special_tokens, **(template_kwargs or {})})
-        reasoning_started = text.rstrip().endswith(THINK_START)
-        return self.codec.encode(text + generation_prefix, add_special_tokens=False), reasoning_started
+        return text, text.rstrip().endswith(THINK_START)
 
 
 class ChatStream:

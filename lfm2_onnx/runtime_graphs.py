@@ -14,6 +14,10 @@ batches come out right. A runtime that knows more about its batch can skip work,
 - `ragged(model)`, for right-padded prompts of unequal length (prefill only): the folder's graph
   with the same last-position head, taken per row at `last_positions`.
 
+An LFM2-VL folder's decoder takes `inputs_embeds`; `glue_embeddings(model, embed)` first puts the
+folder's embedding graph in front of it (see there), so both variants take token ids as a text
+decoder does and a decode step still feeds its argmax back on the device.
+
 On CUDA both read the folder's weights, uploaded once (`upload_weights`) and shared by the two
 sessions; on CPU the runtime keeps one session (`uniform`), see lfm2_onnx.session.DecoderSessions.
 Graphs that don't have the expected shape (no GroupQueryAttention, no LM head found) raise
@@ -41,6 +45,58 @@ class NotSpecialisable(ValueError):
 def load(path: str | Path) -> ir.Model:
     """The graph only: external weights stay on disk (read lazily) until upload_weights."""
     return ir.load(str(path))
+
+
+IMAGE_FEATURES, IMAGE_POSITIONS = "image_features", "image_positions"
+
+
+def glue_embeddings(model: ir.Model, embed: ir.Model) -> None:
+    """A decoder on inputs_embeds -> one on input_ids, image_features and image_positions, in place.
+
+    inputs_embeds = ScatterND(embed(input_ids), image_positions, image_features): the embedding
+    graph's nodes run first, then the feature rows [T, hidden] overwrite the embeddings at the
+    [T, 2] (row, position) pairs given. Why glued rather than a session of its own: a decode step
+    must take the previous step's argmax as token ids on the device (no copy out and in, one CUDA
+    graph); it feeds T = 0. A prefill feeds the positions where its prompt has image tokens (the
+    host knows them: no NonZero, whose data-dependent shape a captured graph can't hold).
+    Raises NotSpecialisable when either graph lacks the named input or output.
+    """
+    graph, table = model.graph, embed.graph
+    embeds = next((v for v in graph.inputs if v.name == "inputs_embeds"), None)
+    ids = next((v for v in table.inputs if v.name == "input_ids"), None)
+    out = next((v for v in table.outputs if v.name == "inputs_embeds"), None)
+    if embeds is None:
+        raise NotSpecialisable("the decoder has no inputs_embeds input to glue the embedding to")
+    if ids is None or out is None or len(table.inputs) != 1:
+        raise NotSpecialisable("the embedding graph is not input_ids -> inputs_embeds")
+    # Names of the embedding graph's values and nodes get a prefix: the decoder's may be the same.
+    for node in table:
+        node.name = f"embed_tokens/{node.name}"
+        for value in node.outputs:
+            if value is not out:
+                value.name = f"embed_tokens/{value.name}"
+    nodes = list(table)
+    initializers = list(table.initializers.values())
+    table.inputs.clear()
+    table.outputs.clear()
+    for node in nodes:
+        table.remove(node)
+    table.initializers.clear()
+    for value in initializers:
+        value.name = f"embed_tokens/{value.name}"
+        graph.register_initializer(value)
+    graph.insert_before(graph[0], nodes)
+    out.name = "embed_tokens/inputs_embeds"
+    features = ir.Value(name=IMAGE_FEATURES, type=embeds.type, shape=ir.Shape(["num_image_tokens", embeds.shape[-1]]))
+    positions = ir.Value(name=IMAGE_POSITIONS, type=ir.TensorType(ir.DataType.INT64),
+                         shape=ir.Shape(["num_image_tokens", 2]))
+    merge = _node("ScatterND", [out, positions, features], name="merge_image_features")
+    graph.insert_after(nodes[-1], merge)
+    merge.outputs[0].name = "inputs_embeds/merged"
+    merge.outputs[0].type, merge.outputs[0].shape = embeds.type, embeds.shape
+    embeds.replace_all_uses_with(merge.outputs[0])
+    index = graph.inputs.index(embeds)
+    graph.inputs[index:index + 1] = [ids, features, positions]
 
 
 def uniform(model: ir.Model) -> ir.Model:

@@ -7,9 +7,28 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .errors import UserError
 
 REQUIRED_FILES = ("genai_config.json", "tokenizer.json")
+# onnxruntime-genai's embedding model of an LFM2-VL folder, and the plain table our runtime reads
+# (same data file, written beside it by builder/vl.py): its file name with this prefix replaced.
+GENAI_EMBEDDING_PREFIX, EMBEDDING_PREFIX = "genai_embed_tokens", "embed_tokens"
+
+
+@dataclass(frozen=True)
+class VisionLayout:
+    """An LFM2-VL folder's image side: the vision encoder and the embedding table in front of the decoder."""
+
+    encoder_path: Path  # pixel_values, pixel_attention_mask, spatial_shapes -> image_features
+    embed_path: Path  # input_ids -> inputs_embeds
+    image_token_id: int  # the prompt positions that take image features, in order
+    merge: int  # patches per feature along each side (pixel unshuffle factor)
+
+    def features_per_entry(self, spatial_shapes) -> list[int]:
+        """Feature rows the encoder writes per pixel_values entry of these patch grids."""
+        return [(int(h) // self.merge) * (int(w) // self.merge) for h, w in spatial_shapes]
 
 
 @dataclass(frozen=True)
@@ -33,6 +52,7 @@ class ModelLayout:
     present_value: str
     present_conv: str
     provider_options: dict
+    vision: VisionLayout | None = None  # LFM2-VL: the decoder takes inputs_embeds
 
     @classmethod
     def from_folder(cls, folder: str | Path, genai_config: str | Path | None = None) -> ModelLayout:
@@ -49,9 +69,7 @@ class ModelLayout:
         try:
             config = json.loads(config_path.read_text())
             model, decoder = config["model"], config["model"]["decoder"]
-            if "vision" in model:  # its decoder takes inputs_embeds from embed_tokens + the vision encoder
-                raise UserError(f"{folder} is an LFM2-VL export, which this runtime does not run yet; run it "
-                                "with onnxruntime-genai or transformers.js (README, Vision-language)")
+            vision = _vision_layout(folder, model) if "vision" in model else None
             inputs, outputs = decoder["inputs"], decoder["outputs"]
             onnx_path = folder / decoder["filename"]
             eos = model.get("eos_token_id")
@@ -67,16 +85,20 @@ class ModelLayout:
                 past_key=inputs["past_key_names"], past_value=inputs["past_value_names"],
                 past_conv=inputs.get("past_conv_names", ""), present_key=outputs["present_key_names"],
                 present_value=outputs["present_value_names"], present_conv=outputs.get("present_conv_names", ""),
-                provider_options={k: v for p in providers for k, v in p.items()},
+                provider_options={k: v for p in providers for k, v in p.items()}, vision=vision,
             )
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise UserError(f"{config_path} is not an LFM2 genai config ({e!r}); rebuild the folder") from None
-        if not onnx_path.is_file():
-            raise UserError(f"{folder}: {decoder['filename']} is missing; the export is incomplete, build it again")
-        missing = missing_external_data(onnx_path, folder)
-        if missing:
-            raise UserError(f"{folder}: {', '.join(missing)} (the weights of {decoder['filename']}) "
-                            f"{'is' if len(missing) == 1 else 'are'} missing; the export is incomplete, build it again")
+        graphs = [onnx_path] + ([vision.encoder_path, vision.embed_path] if vision else [])
+        for path in graphs:
+            if not path.is_file():
+                raise UserError(f"{folder}: {path.relative_to(folder)} is missing; the export is incomplete, "
+                                "build it again")
+            missing = missing_external_data(path, folder)
+            if missing:
+                raise UserError(f"{folder}: {', '.join(missing)} (the weights of {path.relative_to(folder)}) "
+                                f"{'is' if len(missing) == 1 else 'are'} missing; the export is incomplete, "
+                                "build it again")
         return layout
 
     @property
@@ -86,6 +108,17 @@ class ModelLayout:
     @property
     def conv_layers(self) -> list[int]:
         return [i for i, t in enumerate(self.layer_types) if t == "conv"]
+
+
+def _vision_layout(folder: Path, model: dict) -> VisionLayout:
+    """The genai config's vision and embedding sections (KeyError/TypeError when malformed)."""
+    embedding = Path(model["embedding"]["filename"])
+    if not embedding.name.startswith(GENAI_EMBEDDING_PREFIX):
+        raise KeyError(f"embedding file {embedding.name} is not {GENAI_EMBEDDING_PREFIX}*.onnx")
+    table = embedding.with_name(EMBEDDING_PREFIX + embedding.name[len(GENAI_EMBEDDING_PREFIX):])
+    return VisionLayout(encoder_path=folder / model["vision"]["filename"], embed_path=folder / table,
+                        image_token_id=int(model["image_token_id"]),
+                        merge=int(model["vision"].get("spatial_merge_size", 2)))
 
 
 def missing_external_data(onnx_path: Path, root: Path) -> list[str]:
@@ -184,6 +217,10 @@ def cpu_session_options(options, prepack: bool) -> None:
 class DecoderSessions:
     """The runtime's variants of the folder's decoder (lfm2_onnx.runtime_graphs), one copy of the weights.
 
+    An LFM2-VL folder's decoder gets its embedding table glued in front (runtime_graphs.glue_embeddings:
+    every variant takes input_ids plus image_features / image_positions) and `vision` runs its
+    vision encoder; text folders have `vision` None.
+
     `uniform` runs every decode step; `prefill` (the same graph) any prefill whose rows are all
     real tokens; `ragged`, made on first use, prefills right-padded prompts of unequal length.
     With CUDA graphs, `prefill` is a second session without them: in a session that captures,
@@ -209,6 +246,8 @@ class DecoderSessions:
         self._providers = providers_for(ep, layout, cuda_graph=cuda_graph)  # checks the EP before any upload
         try:
             self._folder_graph = runtime_graphs.load(layout.onnx_path)
+            if layout.vision is not None:  # its decoder takes inputs_embeds: the embedding table goes in front
+                runtime_graphs.glue_embeddings(self._folder_graph, runtime_graphs.load(layout.vision.embed_path))
             if self.device == "cpu":  # what onnxruntime would otherwise copy at load (BENCHMARKS.md, CPU memory)
                 runtime_graphs.external_reshapes_as_views(self._folder_graph)
                 if positions:
@@ -223,6 +262,7 @@ class DecoderSessions:
         self.uniform = self._session(uniform, cuda_graph=cuda_graph)
         self.prefill = self._session(uniform, cuda_graph=False) if cuda_graph else self.uniform
         self._ragged = None
+        self.vision = VisionEncoder(layout, ep) if layout.vision is not None else None
 
     @property
     def ragged_prefill(self) -> bool:
@@ -265,3 +305,51 @@ class DecoderSessions:
             cpu_session_options(options, prepack=any(n.op_type in PREPACKED_OPS for n in model.graph))
         providers = providers_for(self.ep, self.layout, cuda_graph=cuda_graph)
         return ort.InferenceSession(runtime_graphs.serialize(model), options, providers=providers)
+
+
+class VisionEncoder:
+    """An LFM2-VL folder's vision encoder: the processor's pixel inputs -> one feature row per image token."""
+
+    def __init__(self, layout: ModelLayout, ep: str):
+        import onnxruntime as ort
+
+        self.layout, self.hidden_size = layout.vision, layout.hidden_size
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if ep != "cuda":
+            cpu_session_options(options, prepack=False)
+        path = self.layout.encoder_path
+        try:
+            # No CUDA graphs: every image batch has its own shape.
+            self.session = ort.InferenceSession(str(path), options, providers=providers_for(ep, layout))
+        except UserError:
+            raise
+        except Exception as e:  # a truncated or foreign file
+            raise UserError(f"{path}: can't load the vision encoder ({e}); build the folder again") from None
+        self._types = {i.name: i.type for i in self.session.get_inputs()}
+        self._output_type = self.session.get_outputs()[0].type
+
+    def __call__(self, images) -> np.ndarray:
+        """image_features [sum of features_per_entry, hidden] for a ProcessedImages, images in order
+        (bfloat16 ones as their raw uint16 words, as lfm2_onnx.caches carries bfloat16)."""
+        float_type = {"tensor(float)": np.float32, "tensor(float16)": np.float16}.get(self._types["pixel_values"])
+        if float_type is None:
+            raise UserError(f"{self.layout.encoder_path.name} takes pixel_values as {self._types['pixel_values']}, "
+                            "which this runtime does not feed; build the folder with fp32 or fp16 precision")
+        feeds = {"pixel_values": np.ascontiguousarray(images.pixel_values, dtype=float_type),
+                 "pixel_attention_mask": np.ascontiguousarray(images.pixel_attention_mask, dtype=np.int64),
+                 "spatial_shapes": np.ascontiguousarray(images.spatial_shapes, dtype=np.int64)}
+        if self._output_type != "tensor(bfloat16)":
+            (features,) = self.session.run(["image_features"], feeds)
+            return features
+        # numpy has no bfloat16: the features land as raw 16-bit words in a buffer of the known size.
+        from onnxruntime import OrtValue
+
+        rows = sum(self.layout.features_per_entry(images.spatial_shapes))
+        features = np.empty((rows, self.hidden_size), np.uint16)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_ortvalue_output("image_features", OrtValue.ortvalue_from_numpy_with_onnx_type(features, 16))
+        self.session.run_with_iobinding(binding)
+        return features

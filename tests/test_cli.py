@@ -635,6 +635,70 @@ def test_generate_chat_turn_checks_room(capsys, tiny_export, monkeypatch):
     assert_user_error(rc, "", err, "+ --max-new-tokens 8 exceeds --max-length 12")
 
 
+
+# --- generate --image (LFM2-VL) -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def vl_export(factory):
+    return factory.export(factory.checkpoint(vl=True))
+
+
+def write_picture(path: Path, height: int = 40, width: int = 56, seed: int = 0) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_generate_image_reply_equals_the_runtime_chat(capsys, vl_export, tmp_path):
+    from lfm2_onnx.lfm2_model import Lfm2Model
+
+    first, second = write_picture(tmp_path / "a.png"), write_picture(tmp_path / "b.jpg", 64, 32, seed=1)
+    rc, out, err = run_generate(capsys, vl_export, "--image", first, "--image", second, "What are these?",
+                                "--max-new-tokens", "12", "--temperature", "0")
+    assert rc == 0, err
+    model = Lfm2Model.load(vl_export)
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(first)},
+                                             {"type": "image", "image": str(second)},
+                                             {"type": "text", "text": "What are these?"}]}]
+    expected = model.chat(messages, max_new_tokens=12, temperature=0)["content"]
+    assert expected and out == expected + "\n"
+    rc, streamed, err = run_generate(capsys, vl_export, "--prompt", "What are these?", "--image", first, "--image",
+                                     second, "--max-new-tokens", "12", "--temperature", "0", "--stream")
+    assert rc == 0 and streamed == out, err
+
+
+def test_generate_image_with_chat_starts_the_conversation(capsys, vl_export, tmp_path, monkeypatch):
+    from lfm2_onnx.lfm2_model import Lfm2Model
+
+    picture = write_picture(tmp_path / "a.png")
+    monkeypatch.setattr("sys.stdin", __import__("io").StringIO(""))
+    rc, out, err = run_generate(capsys, vl_export, "--chat", "--image", picture, "--prompt", "Describe it.",
+                                "--max-new-tokens", "10", "--temperature", "0")
+    assert rc == 0, err
+    messages = [{"role": "user", "content": [{"type": "image", "image": str(picture)},
+                                             {"type": "text", "text": "Describe it."}]}]
+    expected = Lfm2Model.load(vl_export).chat(messages, max_new_tokens=10, temperature=0)["content"]
+    assert out == f"assistant> {expected}\n"
+
+
+def test_generate_image_errors(capsys, tiny_export, vl_export, tmp_path):
+    picture = write_picture(tmp_path / "a.png")
+    rc, out, err = run_generate(capsys, vl_export, "--image", tmp_path / "missing.png", "Hi")
+    assert_user_error(rc, out, err, "--image", "missing.png: no such file")
+    (tmp_path / "notes.png").write_text("not a picture")
+    rc, out, err = run_generate(capsys, vl_export, "--image", tmp_path / "notes.png", "Hi")
+    assert_user_error(rc, out, err, "notes.png", "is not a readable image", "PNG, JPEG")
+    rc, out, err = run_generate(capsys, tiny_export, "--image", picture, "Hi")
+    assert_user_error(rc, out, err, "is a text-only export", "LFM2-VL export", "drop --image")
+    rc, out, err = run_generate(capsys, vl_export, "--image", picture, "Hi", "--prompt", "Hello")
+    assert_user_error(rc, out, err, "give the prompt once")
+    big = write_picture(tmp_path / "big.png", 1024, 1024)  # 4 tiles + thumbnail: 1280 image tokens
+    rc, out, err = run_generate(capsys, vl_export, "--image", big, "Hi", "--max-length", "512")
+    assert_user_error(rc, out, err, "1280 of them for 1 image(s)", "at most 512")
+
 def test_cuda_hint_says_uninstall_the_cpu_build_first(monkeypatch):
     import onnxruntime
     from importlib import metadata

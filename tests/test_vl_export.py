@@ -320,16 +320,6 @@ def test_folder_layout(vl_checkpoint, tmp_path):
                                                          "decoder_model_merged": "fp32"}
 
 
-def test_runtime_refuses_a_vl_folder_in_one_line(vl_checkpoint, tmp_path):
-    """Until the runtime runs VL folders, loading one names what it is (not an onnxruntime traceback)."""
-    from lfm2_onnx import Lfm2Model
-    from lfm2_onnx.builder.export import export
-
-    out = export(vl_checkpoint, tmp_path / "out", [BuildOptions("fp32", "cpu")], progress=False).folder
-    with pytest.raises(UserError, match="LFM2-VL export, which this runtime does not run yet"):
-        Lfm2Model.load(out)
-
-
 def test_whole_model_with_an_image_matches_transformers(vl_checkpoint, reference, tmp_path):
     """Vision encoder -> image features at the image-token positions of embed_tokens' output ->
     decoder, against Lfm2VlForConditionalGeneration on the same pixels (built directly: transformers'

@@ -30,6 +30,8 @@ from ..errors import UserError, one_line
 from ..engine import Request as EngineRequest
 from ..hub import looks_like_repo_id, resolve_export
 from ..text import TextStream
+from ..vision.chat import has_image_parts
+from ..vision.processor import IMAGE_TOKEN
 from .metrics import Metrics
 from .protocol import ApiError, ChatCompletionRequest, CompletionRequest, SamplingFields, bad_request
 from .worker import EngineWorker, Job, Overloaded
@@ -182,13 +184,19 @@ def create_app(config: ServerConfig) -> FastAPI:
         if body.response_format and body.response_format.get("type", "text") != "text":
             raise bad_request("response_format other than text is not supported", "response_format")
         plan = _chat_plan(body)
-        plan.messages = _decoded_images(plan.messages)
-        try:
-            ids, reasoning_started = model.chat_prompt(plan.messages, plan.tools, template_kwargs=plan.template_kwargs,
-                                                       generation_prefix=plan.prefix)
-        except UserError as e:
-            raise bad_request(one_line(e), "messages") from None
-        job = _submit(state, ids, body.max_completion_tokens or body.max_tokens, body, "chat")
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if has_image_parts(plan.messages):  # decoding and preprocessing take a while: off the event loop
+            inputs, reasoning_started = await asyncio.to_thread(_image_chat_inputs, model, plan, max_tokens)
+            ids, images = inputs.input_ids, inputs.images
+        else:
+            try:
+                ids, reasoning_started = model.chat_prompt(plan.messages, plan.tools,
+                                                           template_kwargs=plan.template_kwargs,
+                                                           generation_prefix=plan.prefix)
+            except UserError as e:
+                raise bad_request(one_line(e), "messages") from None
+            images = None
+        job = _submit(state, ids, max_tokens, body, "chat", images=images)
         text = TextStream(model.codec, body.stop_strings(), skip_special_tokens=False)
         chat = _Chat(state, job, text, plan, reasoning_started, body)
         if body.stream:
@@ -236,7 +244,9 @@ def _sampling(model, body: SamplingFields):
         raise bad_request(one_line(e)) from None
 
 
-def _submit(state: _State, ids: list[int], max_tokens: int | None, body: SamplingFields, endpoint: str) -> Job:
+def _submit(state: _State, ids: list[int], max_tokens: int | None, body: SamplingFields, endpoint: str, *,
+            images=None) -> Job:
+    """images: the prompt's images as the processor made them (its image tokens take their features)."""
     model = state.model
     room = model.capacity - len(ids)
     if max_tokens is None:
@@ -246,7 +256,12 @@ def _submit(state: _State, ids: list[int], max_tokens: int | None, body: Samplin
                           f"{model.capacity} tokens; shorten the messages or lower max_tokens", "max_tokens")
     if any(not 0 <= t < model.layout.vocab_size for t in ids):
         raise bad_request(f"token ids must be in [0, {model.layout.vocab_size})", "prompt")
-    request = EngineRequest(ids, max_tokens, _sampling(model, body), frozenset() if body.ignore_eos else None)
+    if images is None and model.takes_images and model.layout.vision.image_token_id in ids:
+        raise bad_request(f"the prompt holds image tokens ({IMAGE_TOKEN}, id {model.layout.vision.image_token_id}) "
+                          "but no images; send each image as an image_url part of a chat message "
+                          "(/v1/chat/completions)", "messages" if endpoint == "chat" else "prompt")
+    request = EngineRequest(ids, max_tokens, _sampling(model, body), frozenset() if body.ignore_eos else None,
+                            images=images)
     job = Job(request, asyncio.get_running_loop(), endpoint=endpoint)
     job.request.tag = job
     try:
@@ -325,6 +340,17 @@ class _ChatPlan:
     prefix: str  # forced start of the reply (tool_choice required / named)
     template_kwargs: dict | None
     parallel: bool
+
+
+def _image_chat_inputs(model, plan: _ChatPlan, max_tokens: int | None):
+    """(VlInputs, whether <think> opened) of a chat with image parts; a 400 for a bad image, a text-only
+    model, or images whose tokens leave no room for max_tokens in the context."""
+    messages = _decoded_images(plan.messages)
+    try:
+        return model.chat_inputs(messages, plan.tools, template_kwargs=plan.template_kwargs,
+                                 generation_prefix=plan.prefix, max_new_tokens=max_tokens)
+    except UserError as e:
+        raise bad_request(one_line(e), "messages") from None
 
 
 def _decoded_images(messages: list[dict]) -> list[dict]:
