@@ -15,8 +15,8 @@ table at the end. Steps run in priority order (builds, base vs V, profiles, swit
 when --budget seconds would not fit them; run the same command again on the same machine to resume
 (finished configurations and builds are kept).
 Configurations (router variants: lean, rank, gemm, gate16; see builder/moe.py):
-  fp16/q4f16 base          the current default graph
-  fp16/q4f16 V             lean,rank,gemm (same choice as base: fp32 selection, ties alike)
+  fp16/q4f16 base          the TopK graph (LFM2_ONNX_MOE_ROUTER=base; the default before round 3)
+  fp16/q4f16 V             lean,rank,gemm, the default now (same choice as base: fp32 selection, ties alike)
   fp16 V pdl / V det       ORT_ENABLE_PDL=1 (programmatic dependent launch in the MoE op's kernels);
                            ORT_FORCE_DETERMINISTIC_MOE=1 (GEMM tactic 0, no per-session profiling)
   fp16 V warm1             the first MoE call is one token, so a profiler that tunes once per
@@ -140,7 +140,7 @@ class Round:
             return None
         cmd = [sys.executable, "-m", "lfm2_onnx.build", "-i", str(checkpoint), "-o", str(folder), "-p",
                precision, "-e", "cuda", "-q"]
-        ok = self.run(f"build {name} ({router or 'base'})", cmd, {"LFM2_ONNX_MOE_ROUTER": router}, cost,
+        ok = self.run(f"build {name} ({router or 'base'})", cmd, {"LFM2_ONNX_MOE_ROUTER": router or "base"}, cost,
                       self.out / f"build-{name}.log")
         return folder if ok else None
 

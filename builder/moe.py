@@ -7,7 +7,7 @@ LFM2-MoE routes with sigmoid scores (transformers' Lfm2MoeTopKRouter):
 The fused ops only weight experts by a softmax over the top-k of their `router_probs` input. So the
 router runs here, in fp32 whatever the export's precision (its [H, E] matrix is tiny; fp32 keeps the
 choice among near-equal scores the same as transformers'), and hands the op
-    router_probs = log(w / sum(w)) at the chosen experts, -inf elsewhere,
+    router_probs = log(w) at the chosen experts, -inf elsewhere,
 whose top-k is exactly the chosen set and whose softmax is w / sum(w). What the softmax cannot
 express is applied to the op's output, per token:
     sum(w) / (sum(w) + 1e-6) * scaling   (norm_topk_prob)   or   sum(w) * scaling   (not)
@@ -60,7 +60,9 @@ def _route(ctx: Context, rows: ir.Value, p: str) -> tuple[ir.Value, ir.Value | N
     So the chosen set is a mask (scores at or above the k-th largest biased score), not a gather and
     a scatter, and the output factor is left out where the export's precision can't see it.
 
-    Experimental variants (BuildOptions.moe_router, off by default until measured on the H200):
+    Variants (BuildOptions.moe_router): lean, rank and gemm are the default (options.DEFAULT_MOE_ROUTER:
+    the same choice as TopK in fp32, 2.61 -> 2.41 ms fp16 and 1.85 -> 1.61 ms q4f16 TPOT on the H200,
+    BENCHMARKS.md MoE round 3); LFM2_ONNX_MOE_ROUTER=base builds the graph without them.
       lean    the op gets log(w) at the chosen experts, not log(w / sum w): its softmax normalises
               anyway; the Div, the floor and (unless the output factor needs it) the sum go
               (3 kernels a layer). fp16 rounds log(w) of a weight in (0.05, 1) to <= 2^-10, i.e.

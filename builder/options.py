@@ -46,11 +46,13 @@ LM_HEAD_PRECISIONS = ("int8", "int4", "float")
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 DEFAULT_CPU_ACCURACY_LEVEL = 4
 
-# Experimental MoE router formulations (builder/moe.py _route says what each does), off unless named
-# in this environment variable, comma-separated: measured on the H200 before any becomes a default
-# (benchmarks/moe_variants_gpu.sh). Hidden from the CLI on purpose.
+# MoE router formulations (builder/moe.py _route says what each does). The default is the exact set
+# measured fastest on the H200 (BENCHMARKS.md, MoE round 3); this environment variable replaces it
+# for experiments (comma-separated; "base" names none of them: the TopK/MatMul/Div graph), e.g.
+# benchmarks/moe_variants_gpu.py. Hidden from the CLI on purpose: every choice exports the same model.
 MOE_ROUTER_ENV = "LFM2_ONNX_MOE_ROUTER"
 MOE_ROUTER_VARIANTS = ("lean", "rank", "gemm", "gate16")
+DEFAULT_MOE_ROUTER = ("gemm", "lean", "rank")
 
 _DTYPES = {"fp32": ir.DataType.FLOAT, "fp16": ir.DataType.FLOAT16, "bf16": ir.DataType.BFLOAT16}
 # transformers.js picks the file by dtype (src/utils/dtypes.js): model.onnx (fp32), model_fp16.onnx,
@@ -78,7 +80,7 @@ class BuildOptions:
     symmetric: bool | None = None
     lm_head: str | None = None  # the vocabulary tables (LM head and embedding): int8, int4 or float
     accuracy_level: int | None = None  # CPU only
-    # Experimental MoE router variants (MOE_ROUTER_VARIANTS); None: read MOE_ROUTER_ENV.
+    # MoE router variants (MOE_ROUTER_VARIANTS); None: MOE_ROUTER_ENV if set, else DEFAULT_MOE_ROUTER.
     moe_router: tuple[str, ...] | None = None
 
     def __post_init__(self):
@@ -99,11 +101,13 @@ class BuildOptions:
     def _decide_moe_router(self) -> None:
         chosen = self.moe_router
         if chosen is None:
-            chosen = tuple(v.strip() for v in os.environ.get(MOE_ROUTER_ENV, "").split(",") if v.strip())
+            named = os.environ.get(MOE_ROUTER_ENV, "").strip()
+            chosen = tuple(v.strip() for v in named.split(",") if v.strip() not in ("", "base")) if named \
+                else DEFAULT_MOE_ROUTER
         unknown = [v for v in chosen if v not in MOE_ROUTER_VARIANTS]
         if unknown:
             raise UserError(f"{MOE_ROUTER_ENV}: unknown router variant {', '.join(unknown)}; "
-                            f"choose from: {', '.join(MOE_ROUTER_VARIANTS)}")
+                            f"choose from: {', '.join(MOE_ROUTER_VARIANTS)}, or base")
         object.__setattr__(self, "moe_router", tuple(sorted(set(chosen))))
 
     def _decide_quantization(self) -> None:
@@ -194,5 +198,5 @@ class BuildOptions:
     def summary(self) -> dict:
         """The choices made, for the folder's variants.json (and the model card)."""
         keys = ("block_size", "symmetric", "lm_head", "accuracy_level") if self.quantized else ()
-        router = {"moe_router": list(self.moe_router)} if self.moe_router else {}
+        router = {"moe_router": list(self.moe_router)} if self.moe_router != DEFAULT_MOE_ROUTER else {}
         return {"js_dtype": self.js_dtype, **{k: getattr(self, k) for k in keys}, **router}

@@ -16,7 +16,7 @@ transformers = pytest.importorskip("transformers")
 from conftest import shared_model  # noqa: E402
 from lfm2_onnx.builder.export import export  # noqa: E402
 from lfm2_onnx.builder.model import build_model  # noqa: E402
-from lfm2_onnx.builder.options import MOE_ROUTER_ENV, BuildOptions  # noqa: E402
+from lfm2_onnx.builder.options import DEFAULT_MOE_ROUTER, MOE_ROUTER_ENV, BuildOptions  # noqa: E402
 from lfm2_onnx.builder.spec import load_spec, spec_from_config  # noqa: E402
 from lfm2_onnx.builder.tensors import expected_shapes  # noqa: E402
 from lfm2_onnx.builder.tiny import tiny_moe_config  # noqa: E402
@@ -140,21 +140,35 @@ def test_quantized_experts_are_exact_to_their_dequantized_weights(tmp_path, fact
     assert all(report.greedy_match), report.table()
 
 
-# --- experimental router variants (builder/moe.py _route; off unless LFM2_ONNX_MOE_ROUTER names them) --
+# --- router variants (builder/moe.py _route): lean, rank, gemm by default; LFM2_ONNX_MOE_ROUTER replaces them --
 
-EXACT_ROUTER_VARIANTS = ("lean", "rank", "gemm")  # the same fp32 choice as the default graph
+EXACT_ROUTER_VARIANTS = ("lean", "rank", "gemm")  # the same fp32 choice as the TopK graph
 
 
-def test_router_variants_are_off_unless_named(monkeypatch):
+def test_router_variants_default_and_environment(monkeypatch):
     monkeypatch.delenv(MOE_ROUTER_ENV, raising=False)
-    assert BuildOptions("fp16", "cuda").moe_router == ()
+    assert BuildOptions("fp16", "cuda").moe_router == DEFAULT_MOE_ROUTER == tuple(sorted(EXACT_ROUTER_VARIANTS))
     assert "moe_router" not in BuildOptions("fp16", "cuda").summary()
     monkeypatch.setenv(MOE_ROUTER_ENV, "rank, lean")
     opts = BuildOptions("fp16", "cuda")
     assert opts.moe_router == ("lean", "rank") and opts.summary()["moe_router"] == ["lean", "rank"]
+    monkeypatch.setenv(MOE_ROUTER_ENV, "base")
+    assert BuildOptions("fp16", "cuda").moe_router == () and BuildOptions("fp16", "cuda").summary()["moe_router"] == []
     monkeypatch.setenv(MOE_ROUTER_ENV, "lean,fast")
     with pytest.raises(UserError, match="LFM2_ONNX_MOE_ROUTER: unknown router variant fast; choose from: lean, rank"):
         BuildOptions("fp16", "cuda")
+
+
+def test_base_router_matches_transformers_in_fp32(tmp_path, factory):
+    """The TopK / MatMul / log(w / sum w) graph, kept for comparison (LFM2_ONNX_MOE_ROUTER=base)."""
+    checkpoint = factory.checkpoint(moe=True, **CONFIGS["e8_top4_unnormalised_scaled_untied"])
+    folder = export(checkpoint, tmp_path / "out", BuildOptions("fp32", "cpu", moe_router=()), progress=False).folder
+    router_ops = Counter(n.op_type for n in load_graph(folder).graph.node if "/router/" in n.name)
+    assert router_ops["TopK"] == len(load_spec(checkpoint)[0].moe_layers) and router_ops["Gemm"] == 0
+    report = compare(folder, checkpoint, PROMPTS, steps=STEPS)
+    for phase in report.phases:
+        assert phase.max_abs <= 1e-4 and phase.top1 == 1.0, report.table()
+    assert all(report.greedy_match), report.table()
 
 
 @pytest.mark.parametrize("name", ["e8_top2", "e8_top4_unnormalised_scaled_untied"])
@@ -331,7 +345,10 @@ def test_8b_a1b_graph_io_and_op_counts(precision, ep):
     moe_op = "QMoE" if opts.quantized else "MoE"
     assert ops[moe_op] == len(spec.moe_layers) == 22
     assert ops["QuickGelu"] == spec.moe.num_dense_layers == 2
-    assert ops["TopK"] == ops["Sigmoid"] == 22 and ops["GroupQueryAttention"] == 6
+    # the default router (lean, rank, gemm): a Gemm gate and a rank count instead of TopK
+    router = Counter(n.op_type for n in graph.graph.node if "/router/" in n.name)
+    assert router["Gemm"] == router["Sigmoid"] == router["Less"] == 22 and ops["TopK"] == 0
+    assert ops["GroupQueryAttention"] == 6
     moe = next(n for n in graph.graph.node if n.op_type == moe_op)
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in moe.attribute}
     assert (attrs["k"], attrs["activation_type"], attrs["swiglu_fusion"]) == (4, b"swiglu", 1)
