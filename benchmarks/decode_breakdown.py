@@ -48,7 +48,7 @@ def main() -> None:
         whole = (time.perf_counter() - start) / count * 1e6  # includes the prefill, amortised
         engine, caches = model.engine, model.engine.caches
         rows = engine._bucket(args.batch)
-        binding, options = engine._decode_binding(rows, 0)
+        binding, options, _ = engine._decode_binding(rows, 0)
         tokens, lengths = np.ones(engine.slots, np.int64), np.full(engine.slots, args.prompt_len, np.int32)
         pieces = {
             "decoder run (graph replay)" if cuda_graph else "decoder run (no graph)":

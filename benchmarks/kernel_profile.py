@@ -1,7 +1,7 @@
 """Which CUDA kernels one greedy decode step runs, how long the step takes, and what the ragged
 session adds to device memory.
 
-    python benchmarks/kernel_profile.py EXPORT_FOLDER [--prompt-len 1024] [--steps 200]
+    python benchmarks/kernel_profile.py EXPORT_FOLDER [--prompt-len 1024] [--steps 200] [--batch 1]
 
 Variants of the runtime's uniform decode graph, each timed as a replayed CUDA graph (median of
 --steps synchronised greedy steps), then profiled without graphs through torch.profiler (CUPTI
@@ -32,9 +32,9 @@ def load(folder: str, variant: str, capacity: int, cuda_graph: bool) -> Lfm2Mode
         runtime_graphs._channels_last_conv = original
 
 
-def decode_once(model: Lfm2Model, parity: int) -> None:
-    """Queue one greedy decode step over slot 0 (the ids and lengths the previous step left)."""
-    binding, options = model.engine._decode_binding(1, parity)
+def decode_once(model: Lfm2Model, parity: int, batch: int = 1) -> None:
+    """Queue one greedy decode step over slots 0..batch-1 (the ids and lengths the previous step left)."""
+    binding, options, _ = model.engine._decode_binding(batch, parity)
     model.sessions.uniform.run_with_iobinding(binding, options)
 
 
@@ -51,19 +51,23 @@ def step_us(model: Lfm2Model, prompt: list[int], steps: int) -> float:
     return float(np.median(times[20:])) * 1e6
 
 
-def profile(model: Lfm2Model, prompt: list[int], steps: int = 20, rows: int = 30) -> None:
+def profile(model: Lfm2Model, prompt: list[int], steps: int = 20, rows: int = 30,
+            others: list[list[int]] = ()) -> None:
+    """The kernels of one greedy decode step over `prompt` and `others` (one row each). Rows of
+    distinct prompts route to distinct experts in an MoE model; repeats of one prompt would not."""
     import torch
     from torch.profiler import ProfilerActivity, profile as torch_profile
 
     torch.cuda.init()
-    model.generate_ids([prompt], 4)
+    batch = 1 + len(others)
+    model.generate_ids([prompt, *others], 4)
     caches = model.engine.caches
     for i in range(5):
-        decode_once(model, i % 2)
+        decode_once(model, i % 2, batch)
     caches.ids[0].value.numpy()
     with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
         for i in range(steps):
-            decode_once(model, i % 2)
+            decode_once(model, i % 2, batch)
             caches.ids[1 - i % 2].value.numpy()
     table = [(e.key, e.count / steps, e.device_time_total / steps) for e in prof.key_averages()
              if e.device_time_total > 0]
@@ -94,9 +98,18 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--variants", default="uniform,no-chlast", help="comma-separated: uniform, no-chlast")
     p.add_argument("--rows", type=int, default=30, help="kernels listed per profile")
+    p.add_argument("--batch", type=int, default=1,
+                   help="rows decoded together (distinct random prompts); above 1 only the kernel profile runs")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     capacity = args.prompt_len + args.steps + 64
+    if args.batch > 1:
+        model = load(args.folder, "uniform", capacity, cuda_graph=False)
+        prompts = [[1] + rng.integers(100, model.layout.vocab_size, args.prompt_len - 1).tolist()
+                   for _ in range(args.batch)]
+        print(f"--- uniform, batch {args.batch} (distinct prompts): kernels of one decode step (no graphs)")
+        profile(model, prompts[0], rows=args.rows, others=prompts[1:])
+        return
     for variant in args.variants.split(","):
         model = load(args.folder, variant, capacity, cuda_graph=True)
         prompt = [1] + rng.integers(100, model.layout.vocab_size, args.prompt_len - 1).tolist()

@@ -59,6 +59,12 @@ def main() -> None:
                 f" (driver top-2 margin there {margins[at]:.3g}, driver-vs-driver delta {deltas[at]:.3g})"
             print(f"  runtime load {n}: parts from driver at {at}{note}")
         print(f"  runtime vs runtime: parts at {first_part(*runtime)}")
+    # Rows decoded together: QMoE's int4 path is per expert token count (GEMV for few rows, GEMM above).
+    model = Lfm2Model.load(args.folder, ep="cuda", max_length=128)
+    singles = [model.generate_ids([prompt], args.steps)[0] for prompt in PROMPTS]
+    batched = model.generate_ids(PROMPTS, args.steps)
+    for n, (alone, together) in enumerate(zip(singles, batched)):
+        print(f"  prompt {n} in a batch of {len(PROMPTS)}: parts from its single run at {first_part(alone, together)}")
 
 
 if __name__ == "__main__":

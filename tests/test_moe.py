@@ -368,26 +368,43 @@ _cuda = pytest.mark.skipif(
     reason="needs onnxruntime-gpu and a CUDA device")
 
 
-# Measured on the H200 (onnxruntime-gpu 1.31.1): QMoE tokens of the runtime and of the reference
-# driver part after a few steps; both are separate sessions and onnxruntime's MoE GEMM profiler picks
-# tactics per session. Kept as an expected failure until that is resolved (BENCHMARKS.md).
-_QMOE_CUDA = pytest.mark.xfail(reason="QMoE on CUDA: runtime and reference-driver sessions part after a few "
-                                      "tokens (measured 2026-11-30, unresolved)", strict=False)
+# Measured on the H200 (onnxruntime-gpu 1.31.1, benchmarks/qmoe_cuda_divergence.py): QMoE's single
+# runs equal the reference driver's exactly (int4 and int8, two loads each), but a row's greedy tokens
+# can change with what else is in the batch: its CUDA int4/int8 kernels are chosen by the tokens each
+# expert gets (a GEMV path for few, a grouped GEMM above), so a batch rounds differently and a
+# random-weight model's near-ties flip (int8: a row of a batch of two parted from its single run at
+# step 3; another round, int4). Not a cache or graph bug: the fp16 MoE holds batch == single.
+_QMOE_BATCH = pytest.mark.xfail(reason="CUDA QMoE rounds by tokens per expert: batched rows may part from "
+                                       "single runs on a random model (measured 2026-11-30)", strict=False)
+
+
+def _cuda_moe_folder(factory, precision):
+    # CUDA QMoE takes expert widths in multiples of 64.
+    return factory.export(factory.checkpoint(moe=True, moe_intermediate_size=64), precision, "cuda")
 
 
 @_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("precision", ["fp16", pytest.param("int8", marks=_QMOE_CUDA),
-                                       pytest.param("int4", marks=_QMOE_CUDA)])
+@pytest.mark.parametrize("precision", ["fp16", "int8", "int4"])
 def test_cuda_runtime_equals_reference_driver(factory, precision):
     """MoE/QMoE on the GPU: the runtime (CUDA graphs, derived graphs) picks the folder graph's tokens."""
     from lfm2_onnx import Lfm2Model
     from test_lfm2_model import _driver_greedy
 
-    # CUDA QMoE takes expert widths in multiples of 64.
-    folder = factory.export(factory.checkpoint(moe=True, moe_intermediate_size=64), precision, "cuda")
+    folder = _cuda_moe_folder(factory, precision)
     model = Lfm2Model.load(folder, ep="cuda", max_length=128)
     eos = set(model.layout.eos_token_ids)
     expected = [_driver_greedy(folder, p, 24, eos, ep="cuda") for p in PROMPTS]
     assert [model.generate_ids([p], 24)[0] for p in PROMPTS] == expected
-    assert model.generate_ids(PROMPTS, 24) == expected
+
+
+@_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("precision", ["fp16", pytest.param("int8", marks=_QMOE_BATCH),
+                                       pytest.param("int4", marks=_QMOE_BATCH)])
+def test_cuda_batched_rows_equal_single_runs(factory, precision):
+    from lfm2_onnx import Lfm2Model
+
+    model = Lfm2Model.load(_cuda_moe_folder(factory, precision), ep="cuda", max_length=128)
+    singles = [model.generate_ids([p], 24)[0] for p in PROMPTS]
+    assert model.generate_ids(PROMPTS, 24) == singles
