@@ -6,6 +6,7 @@ import numpy as np
 import onnx_ir as ir
 
 from lfm2_onnx import __version__
+from lfm2_onnx.layers import ATTENTION_LAYER
 
 from . import blocks
 from .graph_builder import GraphBuilder
@@ -41,7 +42,7 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *, on_embe
     attention_mask = g.input("attention_mask", ir.DataType.INT64, ["batch_size", "total_sequence_length"])
     past = {}
     for i, kind in enumerate(spec.layer_types):
-        if kind == "full_attention":
+        if kind == ATTENTION_LAYER:
             past[i] = (g.input(PAST_KEY % i, dtype, kv_shape), g.input(PAST_VALUE % i, dtype, kv_shape))
         else:
             past[i] = (g.input(PAST_CONV % i, dtype, conv_shape),)
@@ -63,7 +64,7 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *, on_embe
                     normed = blocks.rms_norm(ctx, hidden, f"{prefix}.operator_norm.weight")
                 else:
                     normed, residual = blocks.skip_rms_norm(ctx, block_out, residual, f"{prefix}.operator_norm.weight")
-                if kind == "full_attention":
+                if kind == ATTENTION_LAYER:
                     with g.scope("attn"):
                         mixed, *present[i] = blocks.attention(ctx, i, normed, *past[i])
                 else:
@@ -80,7 +81,7 @@ def build_model(spec: Lfm2Spec, ckpt: Checkpoint, opts: BuildOptions, *, on_embe
     g.output(logits, "logits", opts.logits_dtype, ["batch_size", "sequence_length", spec.vocab_size])
     present_kv_shape_conv = conv_shape
     for i, kind in enumerate(spec.layer_types):
-        if kind == "full_attention":
+        if kind == ATTENTION_LAYER:
             g.output(present[i][0], PRESENT_KEY % i, dtype, present_kv_shape)
             g.output(present[i][1], PRESENT_VALUE % i, dtype, present_kv_shape)
         else:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from lfm2_onnx.errors import UserError
+from lfm2_onnx.layers import attention_layers
 from lfm2_onnx.reference_driver import ReferenceDriver, read_genai_config
 from lfm2_onnx.variants import write_manifest
 
@@ -305,7 +306,7 @@ def check_same_model(folder: Path, checkpoint: Path) -> None:
         a, b = getattr(ours, name), getattr(reference, name)
         if a != b:
             if name == "layer_types":
-                a, b = (f"[{len(t)} layers, {t.count('full_attention')} attention]" for t in (a, b))
+                a, b = (f"[{len(t)} layers, {len(attention_layers(t))} attention]" for t in (a, b))
             diffs.append(f"{name} {a} vs {b}")
     if diffs:
         raise UserError(f"{folder} was not built from {checkpoint}: their configs differ in {'; '.join(diffs)} "

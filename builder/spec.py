@@ -13,8 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from lfm2_onnx.errors import UserError
-
-LAYER_TYPES = ("conv", "full_attention")
+from lfm2_onnx.layers import ATTENTION_LAYER, CONV_LAYER, LAYER_TYPES, attention_layers, conv_layers
 VL_ARCHITECTURE = "Lfm2VlForConditionalGeneration"
 
 
@@ -70,11 +69,11 @@ class Lfm2Spec:
 
     @property
     def attention_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "full_attention"]
+        return attention_layers(self.layer_types)
 
     @property
     def conv_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "conv"]
+        return conv_layers(self.layer_types)
 
     @property
     def conv_state_size(self) -> int:
@@ -115,7 +114,7 @@ def _layer_types(config: dict, num_layers: int) -> tuple[str, ...]:
     if types is None:
         full = config.get("full_attn_idxs")
         full = list(range(num_layers)) if full is None else full
-        types = ["full_attention" if i in full else "conv" for i in range(num_layers)]
+        types = [ATTENTION_LAYER if i in full else CONV_LAYER for i in range(num_layers)]
     unknown = sorted({t for t in types if t not in LAYER_TYPES})
     if unknown:
         raise UserError(f"config.json: layer_types has {unknown}; LFM2 layers are one of {list(LAYER_TYPES)}")

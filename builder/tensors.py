@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from lfm2_onnx.layers import ATTENTION_LAYER, CONV_LAYER
+
 from .spec import Lfm2Spec
 
 EMBED_TOKENS = "model.embed_tokens.weight"
@@ -59,7 +61,7 @@ def moe_tensors(spec: Lfm2Spec, i: int) -> dict[str, tuple[int, ...]]:
 
 
 FEED_FORWARD_TENSORS = {"mlp": mlp_tensors, "moe": moe_tensors}
-MIXER_TENSORS = {"full_attention": attention_tensors, "conv": conv_tensors}
+MIXER_TENSORS = {ATTENTION_LAYER: attention_tensors, CONV_LAYER: conv_tensors}
 
 
 def expected_shapes(spec: Lfm2Spec) -> dict[str, tuple[int, ...]]:

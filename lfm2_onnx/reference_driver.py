@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .layers import ATTENTION_LAYER
 
 # Empty caches: numpy dtype and ONNX element type (bfloat16 travels as raw uint16 in an OrtValue).
 _CACHE_TYPES = {"tensor(float)": (np.float32, 1), "tensor(float16)": (np.float16, 10),
@@ -63,7 +64,7 @@ class ReferenceDriver:
         self._conv_shape = (decoder["hidden_size"], decoder["conv_cache_size"])
         self._past, self._present = {}, {}
         for i, kind in enumerate(self.layer_types):
-            if kind == "full_attention":
+            if kind == ATTENTION_LAYER:
                 self._past[i] = [names["past_key_names"] % i, names["past_value_names"] % i]
                 self._present[i] = [names["present_key_names"] % i, names["present_value_names"] % i]
             else:
@@ -88,7 +89,7 @@ class ReferenceDriver:
 
         caches = {}
         for i, names in self._past.items():
-            shape = (batch, *(self._kv_shape if self.layer_types[i] == "full_attention" else self._conv_shape))
+            shape = (batch, *(self._kv_shape if self.layer_types[i] == ATTENTION_LAYER else self._conv_shape))
             for name in names:
                 dtype, element_type = _CACHE_TYPES[self._inputs[name].type]
                 caches[name] = OrtValue.ortvalue_from_numpy_with_onnx_type(np.zeros(shape, dtype), element_type)

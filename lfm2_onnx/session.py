@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
+from .layers import attention_layers, conv_layers
 
 REQUIRED_FILES = ("genai_config.json", "tokenizer.json")
 # onnxruntime-genai's embedding model of an LFM2-VL folder, and the plain table our runtime reads
@@ -103,11 +104,11 @@ class ModelLayout:
 
     @property
     def attention_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "full_attention"]
+        return attention_layers(self.layer_types)
 
     @property
     def conv_layers(self) -> list[int]:
-        return [i for i, t in enumerate(self.layer_types) if t == "conv"]
+        return conv_layers(self.layer_types)
 
 
 def _vision_layout(folder: Path, model: dict) -> VisionLayout:
