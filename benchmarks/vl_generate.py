@@ -38,6 +38,7 @@ import transformers
 
 from lfm2_onnx.builder.export import export
 from lfm2_onnx.builder.options import BuildOptions
+from lfm2_onnx.chat import ChatTemplate
 from lfm2_onnx.vision import Lfm2VlProcessor
 from lfm2_onnx.vision.chat import vl_chat_inputs
 
@@ -199,10 +200,7 @@ def main(argv=None) -> int:
             export(ckpt, out, BuildOptions(precision, args.ep), progress=False)
         print(f"checkpoint + {precision} {args.ep} folder: {time.perf_counter() - started:.1f} s", flush=True)
 
-        processor = Lfm2VlProcessor.from_folder(out)
-        from lfm2_onnx.chat import load_chat_template
-
-        template = load_chat_template(out)
+        processor, template = Lfm2VlProcessor.from_folder(out), ChatTemplate.from_folder(out)  # no sessions yet
         cases = {}
         for seed, (name, (height, width)) in enumerate(IMAGES.items()):
             image = picture(height, width, seed)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from .session import ModelLayout
 from .text import TextCodec, TextStream
 from .vision.image_processor import ProcessedImages
 from .vision.processor import VlInputs
+
+if TYPE_CHECKING:
+    from .chat import ChatTemplate
 
 DEFAULT_CAPACITY = 4096  # KV positions allocated per row unless load() is told otherwise
 
@@ -44,8 +48,7 @@ class Lfm2Model:
         self.codec = TextCodec(layout.folder)
         self.generation_defaults = _read_generation_config(layout.folder)
         self._lock = threading.RLock()  # one engine step at a time, whoever drives it
-        self._chat_template: str | None = None
-        self._special_tokens: dict = {}
+        self._chat_template: ChatTemplate | None = None  # read on first use
         self._processor = None  # LFM2-VL: lfm2_onnx.vision.Lfm2VlProcessor, made on first use
 
     @property
@@ -56,6 +59,15 @@ class Lfm2Model:
     def takes_images(self) -> bool:
         """Whether this export is an LFM2-VL one (image parts in chat messages)."""
         return self.layout.vision is not None
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        """The folder's chat template and special tokens, as every chat prompt renders them."""
+        if self._chat_template is None:
+            from .chat import ChatTemplate
+
+            self._chat_template = ChatTemplate.from_folder(self.layout.folder)
+        return self._chat_template
 
     @property
     def processor(self):
@@ -279,7 +291,7 @@ class Lfm2Model:
                 raise UserError("messages with image parts need chat_inputs() (token ids and images together)")
             raise UserError(f"{self.layout.folder.name} is a text-only export, so its messages can't hold images; "
                             "send text content, or run an LFM2-VL export for image parts")
-        text, reasoning_started = self._render_chat(messages, tools, template_kwargs)
+        text, reasoning_started = self.chat_template.render(messages, tools, template_kwargs)
         return self.codec.encode(text + generation_prefix, add_special_tokens=False), reasoning_started
 
     def chat_inputs(self, messages: list[dict], tools: list[dict] | None = None, *,
@@ -291,34 +303,16 @@ class Lfm2Model:
         Images are read and preprocessed here (a UserError names an unreadable one); with
         max_new_tokens, a prompt whose images leave no room for them in the context is a UserError."""
         from .vision import VlInputs
-        from .vision.chat import has_image_parts, split_image_parts
+        from .vision.chat import has_image_parts, vl_chat_inputs
 
         if not has_image_parts(messages) or not self.takes_images:  # chat_prompt refuses images on text exports
             ids, reasoning_started = self.chat_prompt(messages, tools, template_kwargs=template_kwargs,
                                                       generation_prefix=generation_prefix)
             token = self.layout.vision.image_token_id if self.takes_images else -1
             return VlInputs(ids, None, token), reasoning_started
-        processor = self.processor
-        template_messages, images = split_image_parts(messages)
-        text, reasoning_started = self._render_chat(template_messages, tools, template_kwargs)
         room = self.capacity - (max_new_tokens or 0)  # else the engine names max_new_tokens as the problem
-        inputs = processor(text + generation_prefix, images, max_tokens=room if room >= 1 else None)
-        return inputs, reasoning_started
-
-    def _render_chat(self, messages: list[dict], tools: list[dict] | None,
-                     template_kwargs: dict | None) -> tuple[str, bool]:
-        from .chat import THINK_START, load_chat_template, load_special_tokens, render_chat, \
-            template_renders_tool_calls
-
-        if self._chat_template is None:
-            self._chat_template = load_chat_template(self.layout.folder)
-            self._special_tokens = load_special_tokens(self.layout.folder)
-        template = self._chat_template
-        # Templates that ignore an assistant turn's tool_calls get them written into its content.
-        text = render_chat(template, messages, tools=tools, add_generation_prompt=True,
-                           inline_tool_calls=not template_renders_tool_calls(template),
-                           **{**self._special_tokens, **(template_kwargs or {})})
-        return text, text.rstrip().endswith(THINK_START)
+        return vl_chat_inputs(self.processor, self.chat_template, messages, tools, template_kwargs=template_kwargs,
+                              generation_prefix=generation_prefix, max_tokens=room if room >= 1 else None)
 
 
 class ChatStream:

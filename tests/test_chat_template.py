@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from conftest import REPO, SHARED_MODELS, shared_model
 from lfm2_onnx.chat import (
+    ChatTemplate,
     format_tool_calls,
     load_chat_template,
     load_special_tokens,
@@ -402,6 +403,29 @@ def test_load_special_tokens(tmp_path):
     expected = {"bos_token": "<|startoftext|>", "eos_token": "<|im_end|>", "pad_token": "<|pad|>"}
     assert load_special_tokens(folder) == expected
     assert load_special_tokens(tmp_path) == {}
+
+
+@pytest.mark.parametrize("name", ["LFM2-1.2B", "LFM2.5-8B-A1B"])
+def test_chat_template_renders_as_the_runtime_does(model_folders, name):
+    """ChatTemplate: the folder's special tokens, a generation prompt, tool calls inlined only for
+    templates that ignore them, and whether the prompt opened <think>."""
+    folder = _folder(model_folders, name)
+    template = ChatTemplate.from_folder(folder)
+    source = load_chat_template(folder)
+    assert template == ChatTemplate(source, load_special_tokens(folder))
+    openai_call = _with_string_arguments(WEATHER_CALL)
+    messages = [{"role": "user", "content": "Weather?"},
+                {"role": "assistant", "content": None, "tool_calls": [openai_call]},
+                {"role": "tool", "tool_call_id": openai_call["id"], "content": "sunny"}]
+    inline = not template_renders_tool_calls(source)
+    assert inline == (name == "LFM2-1.2B")
+    text, started = template.render(messages, [WEATHER_TOOL])
+    assert text == _ours(folder, messages, [WEATHER_TOOL], inline_tool_calls=inline)
+    assert not started
+    thinking = ChatTemplate(source + '{%- if think is defined -%}{{- "<think>" -}}{%- endif -%}', {})
+    assert thinking.render(messages[:1]) == (render_chat(thinking.source, messages[:1]), False)
+    text, started = thinking.render(messages[:1], template_kwargs={"think": True})
+    assert started and text.endswith("<think>")
 
 
 def test_bad_inputs_are_user_errors():

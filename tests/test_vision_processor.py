@@ -250,14 +250,13 @@ def test_equals_transformers(vl_cases, case):
 def test_chat_with_images_equals_apply_chat_template(vl_cases, case):
     """Image parts through the folder's chat template, expanded and tokenized: transformers'
     processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)."""
-    from lfm2_onnx.chat import load_chat_template, load_special_tokens
+    from lfm2_onnx.chat import ChatTemplate
     from lfm2_onnx.vision.chat import vl_chat_inputs
 
     folders, messages, reference = vl_cases
     folder = folders[CHAT_CASES[case][0]]
     processor = Lfm2VlProcessor.from_folder(folder, TextCodec(folder))
-    inputs, _ = vl_chat_inputs(processor, load_chat_template(folder), messages[case],
-                               template_variables=load_special_tokens(folder))
+    inputs, _ = vl_chat_inputs(processor, ChatTemplate.from_folder(folder), messages[case])
     assert inputs.input_ids == reference[f"{case}.input_ids"].tolist()
     if inputs.images is None:
         assert f"{case}.pixel_values" not in reference

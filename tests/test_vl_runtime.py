@@ -289,6 +289,24 @@ def test_image_tokens_of_the_tiny_tokenizer(model):
     assert inputs.num_image_tokens == sum(model.layout.vision.features_per_entry(inputs.images.spatial_shapes))
 
 
+def test_chat_inputs_from_the_folder_alone_equal_the_models(model):
+    """vision.chat.vl_chat_inputs on the folder's processor and template (no sessions: what
+    benchmarks/vl_generate.py builds before loading) gives what Lfm2Model.chat_inputs gives."""
+    from lfm2_onnx.chat import ChatTemplate
+    from lfm2_onnx.vision import Lfm2VlProcessor
+    from lfm2_onnx.vision.chat import vl_chat_inputs
+
+    folder = model.layout.folder
+    processor, template = Lfm2VlProcessor.from_folder(folder), ChatTemplate.from_folder(folder)
+    messages = [{"role": "system", "content": "Look closely."}, *_user(WIDE, "and", LARGE, "compare them")]
+    ours, started = vl_chat_inputs(processor, template, messages, generation_prefix="They")
+    theirs, model_started = model.chat_inputs(messages, generation_prefix="They")
+    assert ours.input_ids == theirs.input_ids and started == model_started is False
+    assert ours.num_image_tokens == theirs.num_image_tokens > 0
+    for name in ("pixel_values", "pixel_attention_mask", "spatial_shapes"):
+        np.testing.assert_array_equal(getattr(ours.images, name), getattr(theirs.images, name))
+
+
 # --- errors -------------------------------------------------------------------------------------
 
 

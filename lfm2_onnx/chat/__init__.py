@@ -1,6 +1,7 @@
 """Chat: prompt rendering with the model's chat template, and generated text -> OpenAI-style messages.
 
-- render_chat / load_chat_template / load_special_tokens: the prompt text, as transformers renders it.
+- render_chat / load_chat_template / load_special_tokens: the prompt text, as transformers renders it;
+  ChatTemplate: a folder's template and special tokens, rendered as the runtime renders prompts.
 - parse_assistant_message: generated text -> {"role": "assistant", "content", "tool_calls", "reasoning_content"}.
 - parse_tool_calls / format_tool_calls: LFM2's `<|tool_call_start|>[f(a=1)]<|tool_call_end|>` blocks.
 - split_reasoning: LFM2.5's `<think>...</think>`.
@@ -12,7 +13,7 @@ Pure Python (jinja2, json, ast): no torch, no transformers.
 from .message import assistant_message, parse_assistant_message
 from .reasoning import THINK_END, THINK_START, ReasoningSplit, split_reasoning
 from .stream import ChatEvent, ChatStreamParser, ContentDelta, ReasoningDelta, ToolCallEvent
-from .template import load_chat_template, load_special_tokens, render_chat, template_renders_tool_calls
+from .template import ChatTemplate, load_chat_template, load_special_tokens, render_chat, template_renders_tool_calls
 from .tool_calls import (
     TOOL_CALL_END,
     TOOL_CALL_START,
@@ -30,6 +31,7 @@ __all__ = [
     "THINK_START",
     "ChatEvent",
     "ChatStreamParser",
+    "ChatTemplate",
     "ContentDelta",
     "ParsedToolCalls",
     "ReasoningDelta",

@@ -28,6 +28,7 @@ import jinja2.nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ..errors import UserError
+from .reasoning import THINK_START
 from .tool_calls import format_tool_calls
 
 TEMPLATE_FILE = "chat_template.jinja"
@@ -146,6 +147,28 @@ def render_chat(
 def template_renders_tool_calls(template_source: str) -> bool:
     """Whether the template reads assistant `tool_calls` (LFM2.5-8B-A1B's does; LFM2's do not)."""
     return "tool_calls" in template_source
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatTemplate:
+    """A model folder's chat template and special tokens, rendering prompts the way the runtime does:
+    with a generation prompt, and tool calls written into the content for templates that ignore them."""
+
+    source: str
+    special_tokens: dict[str, str]
+
+    @classmethod
+    def from_folder(cls, folder: str | Path) -> ChatTemplate:
+        return cls(load_chat_template(folder), load_special_tokens(folder))
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None,
+               template_kwargs: dict | None = None) -> tuple[str, bool]:
+        """The prompt text, and whether it already opened <think> (template_kwargs: extra template
+        variables, e.g. enable_thinking)."""
+        text = render_chat(self.source, messages, tools=tools, add_generation_prompt=True,
+                           inline_tool_calls=not template_renders_tool_calls(self.source),
+                           **{**self.special_tokens, **(template_kwargs or {})})
+        return text, text.rstrip().endswith(THINK_START)
 
 
 def _shorten(value, limit: int = 40) -> str:

@@ -12,10 +12,14 @@ in and the order of the `<image>` markers in the rendered prompt.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .images import ImageInput
 from .processor import Lfm2VlProcessor, VlInputs
+
+if TYPE_CHECKING:
+    from ..chat import ChatTemplate
 
 IMAGE_PART_TYPES = ("image", "image_url")
 
@@ -59,17 +63,15 @@ def split_image_parts(messages: list[dict]) -> tuple[list[dict], list[ImageInput
     return out, images
 
 
-def vl_chat_inputs(processor: Lfm2VlProcessor, template: str, messages: list[dict], *, tools: list[dict] | None = None,
-                   template_variables: dict | None = None, generation_prefix: str = "",
-                   max_tokens: int | None = None) -> tuple[VlInputs, str]:
-    """The conversation's token ids (images expanded) and encoder inputs, and the rendered text.
+def vl_chat_inputs(processor: Lfm2VlProcessor, template: ChatTemplate, messages: list[dict],
+                   tools: list[dict] | None = None, *, template_kwargs: dict | None = None,
+                   generation_prefix: str = "", max_tokens: int | None = None) -> tuple[VlInputs, bool]:
+    """The conversation's token ids (images expanded) and encoder inputs, and whether the prompt
+    already opened <think>; what Lfm2Model.chat_inputs runs, without loading the model.
 
     As transformers' processor.apply_chat_template(messages, add_generation_prompt=True,
     tokenize=True): the template renders `<image>` per image part, the processor expands them.
     """
-    from ..chat import render_chat
-
     template_messages, images = split_image_parts(messages)
-    text = render_chat(template, template_messages, tools=tools, add_generation_prompt=True,
-                       **(template_variables or {}))
-    return processor(text + generation_prefix, images, max_tokens=max_tokens), text
+    text, reasoning_started = template.render(template_messages, tools, template_kwargs)
+    return processor(text + generation_prefix, images, max_tokens=max_tokens), reasoning_started
