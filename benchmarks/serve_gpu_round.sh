@@ -35,15 +35,12 @@ serve() {  # serve EXTRA_ARGS...: start the server, wait until it is healthy
     >> "$out/server.log" 2>&1 &
   server=$!
   python3 - "$port" <<'PY'
-import sys, time, urllib.request
-for _ in range(600):
-    try:
-        if urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/health", timeout=2).status == 200:
-            break
-    except Exception:
-        time.sleep(1)
-else:
-    sys.exit("server never became healthy")
+import sys
+from lfm2_onnx.serve import wait_until_healthy
+try:
+    wait_until_healthy(f"http://127.0.0.1:{sys.argv[1]}", timeout=600)
+except (RuntimeError, TimeoutError) as e:
+    sys.exit(str(e))
 PY
 }
 trap 'kill $server 2>/dev/null' EXIT

@@ -239,15 +239,9 @@ def server_host(args, clients: int) -> dict:
                                "--loop", args.loop])
     try:
         url = f"http://127.0.0.1:{port}"
-        import httpx
+        from lfm2_onnx.serve import wait_until_healthy
 
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
+        wait_until_healthy(url, timeout=120, process=server)
         ns = argparse.Namespace(url=url, clients=clients, rounds=args.rounds, prompt_len=args.prompt_len,
                                 max_tokens=args.max_tokens, vocab=args.vocab, api_key=None, timeout=600,
                                 warmup=True, procs=max(1, min(-(-clients // 8), os.cpu_count() or 1)),

@@ -5,12 +5,17 @@
 
 Endpoints: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health (503 while
 the model loads), GET /metrics (Prometheus). Needs the serve extra: pip install "lfm2-onnx[serve]".
+wait_until_healthy(url) waits for a started server's model to load (standard library only).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import time
+import urllib.error
+import urllib.request
 
 from .errors import ArgumentParser, UserError, cli_entry
 from .hub import add_export_arguments
@@ -63,6 +68,34 @@ def main(argv=None) -> int:
         check_max_length(args.max_length, app.state.lfm2.layout.context_length, shown="--max-length")
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
+
+
+def wait_until_healthy(url: str, timeout: float = 180, *, process=None, interval: float = 0.2) -> None:
+    """Return once GET {url}/health answers 200, i.e. the server at url (http://host:port) has loaded
+    its model. RuntimeError at once when the server reports that its model failed to load, or when
+    `process` (its subprocess.Popen, if the caller started it) has exited; TimeoutError after timeout s."""
+    health = url.rstrip("/") + "/health"
+    deadline = time.monotonic() + timeout
+    while True:
+        if process is not None and process.poll() is not None:
+            output = process.stdout.read() if process.stdout else ""
+            raise RuntimeError(f"the server exited with code {process.returncode}" + (f": {output}" if output else ""))
+        try:
+            with urllib.request.urlopen(health, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except urllib.error.HTTPError as e:  # 503 while loading, or after the load failed
+            try:
+                body = json.loads(e.read())
+            except (OSError, ValueError):
+                body = {}
+            if isinstance(body, dict) and body.get("status") == "error":
+                raise RuntimeError(f"the server's model failed to load: {body.get('message')}") from None
+        except OSError:  # not listening yet (URLError, a reset connection, a timeout)
+            pass
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{health} did not answer 200 within {timeout:g} s")
+        time.sleep(interval)
 
 
 if __name__ == "__main__":

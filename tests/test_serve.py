@@ -23,6 +23,7 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 
 from lfm2_onnx.lfm2_model import Lfm2Model  # noqa: E402
+from lfm2_onnx.serve import wait_until_healthy  # noqa: E402
 
 KEY = "sk-test-0123456789"
 MAX_BATCH, MAX_LENGTH = 8, 512
@@ -38,22 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def wait_healthy(base: str, process=None, timeout: float = 180, state=None) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited: {process.stdout.read()}")
-        if state is not None and state.error:
-            raise RuntimeError(f"server failed to load: {state.error}")
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("server never became healthy")
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +70,7 @@ class ServeProcess:
         self.process = subprocess.Popen(self.command, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
         try:
-            wait_healthy(self.base, self.process)
+            wait_until_healthy(self.base, process=self.process)
         except BaseException:
             self._stop()
             raise
@@ -338,7 +323,7 @@ class ScriptedServer:
 
     def __enter__(self):
         self.thread.start()
-        wait_healthy(self.base, state=self.app.state.lfm2)
+        wait_until_healthy(self.base)  # raises at once if the load fails (/health says so)
         model = self.app.state.lfm2.model
         eos = model.layout.eos_token_ids[0]
         scripts = {k: model.codec.encode(v, add_special_tokens=False) + [eos] for k, v in SCRIPTS.items()}
@@ -471,6 +456,30 @@ def test_full_queue_is_429_and_loading_is_503(folder):
         assert loading.get("/health").status_code == 503
         response = loading.post("/v1/completions", json={"prompt": "hi"})
         assert response.status_code == 503 and "loading" in response.json()["error"]["message"]
+
+
+def test_wait_until_healthy_waits_for_the_load_and_names_why_it_stops(folder):
+    silent = f"http://127.0.0.1:{free_port()}"  # nothing listens
+    with pytest.raises(TimeoutError, match="did not answer 200 within 0.5 s"):
+        wait_until_healthy(silent, timeout=0.5)
+    exited = subprocess.Popen([sys.executable, "-c", "print('no model here')"], stdout=subprocess.PIPE, text=True)
+    exited.wait()
+    with pytest.raises(RuntimeError, match="exited with code 0: no model here"):
+        wait_until_healthy(silent, process=exited)
+    server = ScriptedServer(folder)
+    state = server.app.state.lfm2
+    state.load = lambda: None  # listening, the model still loading: /health is 503 and waiting goes on
+    server.thread.start()
+    try:
+        with pytest.raises(TimeoutError):
+            wait_until_healthy(server.base, timeout=1)
+        state.error = "model.onnx: can't read the ONNX graph"
+        start = time.monotonic()
+        with pytest.raises(RuntimeError, match="model failed to load: model.onnx: can't read the ONNX graph"):
+            wait_until_healthy(server.base, timeout=60)
+        assert time.monotonic() - start < 10  # at once, not at the timeout
+    finally:
+        server.__exit__(None, None, None)
 
 
 def test_serves_the_variant_chosen_with_precision(multi):
