@@ -47,9 +47,9 @@ ACCURACY_LEVELS = (0, 1, 2, 3, 4)
 DEFAULT_CPU_ACCURACY_LEVEL = 4
 
 # MoE router formulations (builder/moe.py _route says what each does). The default is the exact set
-# measured fastest on the H200 (BENCHMARKS.md, MoE round 3); this environment variable replaces it
+# measured fastest on the H200 (BENCHMARKS.md, MoE rounds 3-4); this environment variable replaces it
 # for experiments (comma-separated; "base" names none of them: the TopK/MatMul/Div graph), e.g.
-# benchmarks/moe_variants_gpu.py. Hidden from the CLI on purpose: every choice exports the same model.
+# benchmarks/moe_variants_gpu.py. Hidden from the CLI on purpose (gate16 is not exact; the rest choose as TopK).
 MOE_ROUTER_ENV = "LFM2_ONNX_MOE_ROUTER"
 MOE_ROUTER_VARIANTS = ("lean", "rank", "gemm", "gate16")
 DEFAULT_MOE_ROUTER = ("gemm", "lean", "rank")
